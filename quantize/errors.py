@@ -1,0 +1,48 @@
+"""Errors the CLI turns into one line and a non-zero exit.
+
+Like huggingface_hub's `HfHubHTTPError` family: one base class, subclasses named
+for what went wrong, and a message that says where and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class QuantizeError(Exception):
+    """Base class: the message is printed as-is, on one line, and the CLI exits 1."""
+
+    exit_code = 1
+
+
+class ConfigError(QuantizeError):
+    """A config or recipe file is invalid: names the file, the field and the fix."""
+
+    exit_code = 2
+
+    def __init__(self, file: str, field: str, problem: str, fix: str | None = None):
+        self.file, self.field, self.problem, self.fix = str(file), field, problem, fix
+        msg = f"{self.file}: {field}: {problem}"
+        if fix:
+            msg += f" (fix: {fix})"
+        super().__init__(msg)
+
+
+class UnknownVariantError(QuantizeError):
+    """`--variant` names nothing in the config; the message lists the valid names."""
+
+    exit_code = 2
+
+
+class CalibrationError(QuantizeError):
+    """The calibration source cannot supply what the recipe asks for."""
+
+
+class AssetError(QuantizeError):
+    """A base model or data source could not be obtained (missing path, offline hub, pip failure)."""
+
+
+class EngineError(QuantizeError):
+    """A quantization engine failed or wrote something we cannot publish."""
+
+
+class DiskFullError(QuantizeError):
+    """Not enough free space to write outputs; nothing was moved into place."""

@@ -1,0 +1,42 @@
+"""Variant names users already download by (DESIGN.md section 3).
+
+Short names are what people type (`gptq-4bit-32g`); branch names are what the hub
+holds (`gptq-4bit-32g-actorder_True`), following the convention TheBloke's repos made
+familiar, so that `hf download REPO --revision BRANCH` commands carry over unchanged.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+
+def gptq_short_name(bits: int, group_size: int, desc_act: bool) -> str:
+    name = f"gptq-{bits}bit" + ("" if group_size == -1 else f"-{group_size}g")
+    return name if desc_act else f"{name}-noact"
+
+
+def gptq_branch(bits: int, group_size: int, desc_act: bool) -> str:
+    return f"gptq-{bits}bit-{group_size}g-actorder_{desc_act}"
+
+
+def awq_short_name(bits: int, group_size: int) -> str:
+    return f"awq-{bits}bit-{group_size}g"
+
+
+def gguf_short_name(quant_type: str) -> str:
+    return f"gguf-{quant_type.lower()}"
+
+
+def gguf_file_name(model_name: str, quant_type: str) -> str:
+    return f"{model_name}.{quant_type.upper()}.gguf"
+
+
+def gguf_quant_types() -> list[str]:
+    """Every file type llama.cpp can write, named as on the command line (`Q4_K_M`)."""
+    skip = {"GUESSED"}
+    names = []
+    for member in gguf.LlamaFileType.__members__:
+        if member in skip:
+            continue
+        names.append("F32" if member == "ALL_F32" else member.removeprefix("MOSTLY_"))
+    return names

@@ -1,0 +1,30 @@
+"""Logging and progress bars: every long step says what it does and how long is left."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def bar(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
+    """A tqdm bar with ETA on stderr; plain log lines instead when QUANTIZE_NO_PROGRESS is set (CI logs)."""
+    disable = os.environ.get("QUANTIZE_NO_PROGRESS", "") not in ("", "0")
+    return tqdm(items, desc=desc, unit=unit, total=total, disable=disable, leave=False, dynamic_ncols=True)

@@ -1,0 +1,103 @@
+"""report.json: the machine-readable record of one variant, written beside its files.
+
+Later stages (checks, cards, publishing) read only this, so it carries every input
+hash, the versions that produced the files, and each file's size and sha256.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from .calibration import CalibrationStats
+from .config import Variant
+from .measure import StageMeasure
+from .outputs import OutputFile
+
+REPORT_NAME = "report.json"
+SCHEMA_VERSION = 1
+TRACKED_PACKAGES = ("quantize", "torch", "transformers", "gptqmodel", "tokenizers", "safetensors", "gguf", "numpy")
+
+
+class VariantInfo(BaseModel):
+    name: str
+    branch: str
+    format: str
+    repo: str | None
+    default: bool
+    params: dict[str, Any]
+
+    @classmethod
+    def of(cls, variant: Variant) -> "VariantInfo":
+        return cls(name=variant.name, branch=variant.branch, format=variant.format, repo=variant.repo,
+                   default=variant.default, params=variant.params())
+
+
+class BaseModelInfo(BaseModel):
+    source: str
+    hash: str
+    revision: str | None = None
+
+
+class Inputs(BaseModel):
+    base_model: BaseModelInfo
+    calibration: CalibrationStats | None
+    params: dict[str, Any]
+    engine: dict[str, str]
+
+
+class Report(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["built"] = "built"
+    variant: VariantInfo
+    inputs_hash: str
+    inputs: Inputs
+    versions: dict[str, str]
+    python: str
+    device: str
+    created_at: str
+    stages: dict[str, StageMeasure]
+    files: list[OutputFile]
+    total_bytes: int
+    module_losses: list[dict[str, Any]] = []
+
+    def write(self, folder: Path) -> Path:
+        from .outputs import write_json
+
+        path = Path(folder) / REPORT_NAME
+        write_json(path, self.model_dump(mode="json"))
+        return path
+
+
+def read_report(folder: Path) -> Report | None:
+    """The folder's report, or None when there is none or it is from an incompatible version."""
+    path = Path(folder) / REPORT_NAME
+    try:
+        report = Report.model_validate_json(path.read_text())
+    except (OSError, ValidationError):
+        return None
+    return report if report.schema_version == SCHEMA_VERSION else None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def python_version() -> str:
+    return f"{platform.python_implementation()} {sys.version.split()[0]}"

