@@ -15,8 +15,9 @@ from pathlib import Path
 from . import __version__
 from .basemodel import ResolvedBase, resolve_base
 from .calibration import CalibrationSet, calibration_set, load_recipe
-from .config import GPTQSpec, Project, Variant
+from .config import Project, Variant
 from .errors import QuantizeError
+from .awq import quantize_awq
 from .gptq import quantize_gptq
 from .hashing import sha256_json, short
 from .measure import Stages
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the files this code writes change for the same inputs, so old outputs rebuild.
 OUTPUT_LAYOUT = 1
+
+ENGINES = {"gptq": quantize_gptq, "awq": quantize_awq}
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class Builder:
         """Everything that can be refused from config.json alone, for all variants, before any work."""
         config = self.base.config
         for variant in variants:
-            if variant.format != "gptq":
-                raise QuantizeError(f"{self.project.path}: variant {variant.name}: {variant.format} builds are not available yet (GPTQ only)")
+            if variant.format not in ENGINES:
+                raise QuantizeError(f"{self.project.path}: variant {variant.name}: {variant.format} builds are not "
+                                    f"available yet (this version builds {', '.join(ENGINES)})")
             check_group_size(config, variant.spec.group_size, str(self.project.path), variant.name)
 
     def calibration(self, variant: Variant) -> CalibrationSet:
@@ -104,18 +108,17 @@ class Builder:
             log.info("%s: up to date (inputs %s), skipping; --force rebuilds", variant.name, short(inputs_hash))
             return BuildOutcome(variant, folder, "up to date", previous)
 
-        assert isinstance(variant.spec, GPTQSpec)
         needed = int(self.base.weights_bytes() * (variant.spec.bits / 16 + 0.15)) + (64 << 20)
         require_free_space(self.out_root, needed, f"variant {variant.name}")
         log.info("%s: building into %s (inputs %s)", variant.name, folder, short(inputs_hash))
         with staged_folder(folder) as tmp:
             with stages.stage("quantize"):
-                result = quantize_gptq(self.base.path, variant.spec, calib.input_ids, tmp)
+                result = ENGINES[variant.format](self.base.path, variant.spec, calib.input_ids, tmp)
             files = list_files(tmp)
             report = Report(
                 variant=VariantInfo.of(variant), inputs_hash=inputs_hash, inputs=inputs,
                 versions={**package_versions(), "quantize": __version__}, python=python_version(),
-                device=result.device, created_at=now(), stages=stages.measures, files=files,
+                device=result.device, dtype=result.dtype, created_at=now(), stages=stages.measures, files=files,
                 total_bytes=sum(f.size for f in files), module_losses=result.module_losses,
             )
             report.write(tmp)

@@ -61,6 +61,7 @@ class Report(BaseModel):
     versions: dict[str, str]
     python: str
     device: str
+    dtype: str
     created_at: str
     stages: dict[str, StageMeasure]
     files: list[OutputFile]
