@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,17 @@ class ResolvedBase:
 
     def weights_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.glob("*.safetensors"))
+
+    def param_count(self) -> int:
+        """Parameters of the unquantized model, from safetensors headers (no weights read)."""
+        from safetensors import safe_open
+
+        total = 0
+        for file in self.path.glob("*.safetensors"):
+            with safe_open(file, "np") as handle:
+                for key in handle.keys():
+                    total += math.prod(handle.get_slice(key).get_shape())
+        return total
 
 
 def resolve_base(project: Project) -> ResolvedBase:

@@ -15,13 +15,16 @@ from pathlib import Path
 from . import __version__
 from .basemodel import ResolvedBase, resolve_base
 from .calibration import CalibrationSet, calibration_set, load_recipe
-from .config import Project, Variant
+from .config import GGUFSpec, Project, Variant
+from .engine import EngineResult
+from .gguf_convert import SUPPORTED_ARCHITECTURES, ModelMeta
+from .gguf_engine import CONVERTER_VERSION, build_gguf
 from .errors import QuantizeError
 from .awq import quantize_awq
 from .gptq import quantize_gptq
 from .hashing import sha256_json, short
 from .measure import Stages
-from .outputs import list_files
+from .outputs import list_files, model_bytes
 from .paths import clean_stale_partials, require_free_space, staged_folder
 from .report import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 from .shapes import check_group_size
@@ -31,7 +34,8 @@ log = logging.getLogger(__name__)
 # Bump when the files this code writes change for the same inputs, so old outputs rebuild.
 OUTPUT_LAYOUT = 1
 
-ENGINES = {"gptq": quantize_gptq, "awq": quantize_awq}
+HF_ENGINES = {"gptq": quantize_gptq, "awq": quantize_awq}
+FORMATS = ("gptq", "awq", "gguf")
 
 
 @dataclass(frozen=True)
@@ -68,27 +72,52 @@ class Builder:
         """Everything that can be refused from config.json alone, for all variants, before any work."""
         config = self.base.config
         for variant in variants:
-            if variant.format not in ENGINES:
-                raise QuantizeError(f"{self.project.path}: variant {variant.name}: {variant.format} builds are not "
-                                    f"available yet (this version builds {', '.join(ENGINES)})")
-            check_group_size(config, variant.spec.group_size, str(self.project.path), variant.name)
+            if variant.format == "gguf":
+                if config.get("architectures", ["?"])[0] not in SUPPORTED_ARCHITECTURES:
+                    raise QuantizeError(f"{self.base.path / 'config.json'}: architecture {config.get('architectures')} "
+                                        f"cannot be converted to GGUF (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+            else:
+                check_group_size(config, variant.spec.group_size, str(self.project.path), variant.name)
 
-    def calibration(self, variant: Variant) -> CalibrationSet:
+    def calibration(self, variant: Variant) -> CalibrationSet | None:
+        """The variant's calibration tokens: its GPTQ/AWQ recipe, or a GGUF variant's imatrix recipe."""
         spec = variant.spec
-        key = (variant.calibration, spec.samples, spec.seq_len)
+        name = spec.imatrix if isinstance(spec, GGUFSpec) else variant.calibration
+        if name is None:
+            return None
+        overrides = (None, None) if isinstance(spec, GGUFSpec) else (spec.samples, spec.seq_len)
+        key = (name, *overrides)
         if key not in self._calibration:
-            recipe = load_recipe(self.project.recipe_path(variant.calibration)).with_overrides(spec.samples, spec.seq_len)
+            recipe = load_recipe(self.project.recipe_path(name)).with_overrides(*overrides)
             self._calibration[key] = calibration_set(recipe, self.tokenizer(), self.base.tokenizer_hash)
         return self._calibration[key]
 
-    def inputs(self, variant: Variant, calib: CalibrationSet) -> Inputs:
+    def gguf_meta(self) -> ModelMeta:
+        cfg = self.project.config
+        return ModelMeta(name=cfg.base_model.display_name, base_model=cfg.base_model.id,
+                         quantized_by=cfg.quantized_by, license=cfg.base_model.license)
+
+    def inputs(self, variant: Variant, calib: CalibrationSet | None) -> Inputs:
         versions = package_versions()
-        engine = {k: versions.get(k, "?") for k in ("gptqmodel", "torch", "transformers")}
+        packages = ("gguf", "llama_cpp_python") if variant.format == "gguf" else ("gptqmodel", "torch", "transformers")
+        engine = {k: versions.get(k, "?") for k in packages}
         engine["layout"] = str(OUTPUT_LAYOUT)
+        if variant.format == "gguf":
+            engine["converter"] = str(CONVERTER_VERSION)
         return Inputs(
             base_model=BaseModelInfo(source=self.base.source, hash=self.base.hash, revision=self.base.revision),
-            calibration=calib.stats, params=variant.params(), engine=engine,
+            calibration=calib.stats if calib else None, params=variant.params(), engine=engine,
         )
+
+    def _run_engine(self, variant: Variant, calib: CalibrationSet | None, tmp: Path, stages: Stages) -> EngineResult:
+        if variant.format == "gguf":
+            return build_gguf(self.base, self.gguf_meta(), variant.spec, calib, tmp, stages)
+        with stages.stage("quantize"):
+            return HF_ENGINES[variant.format](self.base.path, variant.spec, calib.input_ids, tmp)
+
+    def _needed_bytes(self, variant: Variant) -> int:
+        bits = getattr(variant.spec, "bits", 16)
+        return int(self.base.weights_bytes() * (bits / 16 + 0.15)) + (64 << 20)
 
     def build_all(self, variants: list[Variant]) -> list[BuildOutcome]:
         self.validate(variants)
@@ -108,18 +137,17 @@ class Builder:
             log.info("%s: up to date (inputs %s), skipping; --force rebuilds", variant.name, short(inputs_hash))
             return BuildOutcome(variant, folder, "up to date", previous)
 
-        needed = int(self.base.weights_bytes() * (variant.spec.bits / 16 + 0.15)) + (64 << 20)
-        require_free_space(self.out_root, needed, f"variant {variant.name}")
+        require_free_space(self.out_root, self._needed_bytes(variant), f"variant {variant.name}")
         log.info("%s: building into %s (inputs %s)", variant.name, folder, short(inputs_hash))
         with staged_folder(folder) as tmp:
-            with stages.stage("quantize"):
-                result = ENGINES[variant.format](self.base.path, variant.spec, calib.input_ids, tmp)
+            result = self._run_engine(variant, calib, tmp, stages)
             files = list_files(tmp)
             report = Report(
                 variant=VariantInfo.of(variant), inputs_hash=inputs_hash, inputs=inputs,
                 versions={**package_versions(), "quantize": __version__}, python=python_version(),
                 device=result.device, dtype=result.dtype, created_at=now(), stages=stages.measures, files=files,
                 total_bytes=sum(f.size for f in files), module_losses=result.module_losses,
+                bits_per_weight=round(8 * model_bytes(files) / self.base.param_count(), 3),
             )
             report.write(tmp)
         log.info("%s: built, %.1f MB in %.0f s", variant.name, report.total_bytes / 1e6,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from . import naming
 from .errors import ConfigError, UnknownVariantError
@@ -119,7 +119,7 @@ class AWQSpec(_Quantized):
 class GGUFSpec(Strict):
     format: Literal["gguf"]
     quant_type: str
-    imatrix: str | None = Field(None, description="calibration recipe for llama.cpp's importance matrix")
+    imatrix: str | None = Field(None, validate_default=True, description="calibration recipe for llama.cpp's importance matrix")
     default: bool = False
 
     @field_validator("quant_type")
@@ -129,6 +129,16 @@ class GGUFSpec(Strict):
         if value.upper() not in valid:
             raise ValueError(f"unknown GGUF type {value!r}; valid: {', '.join(valid)}")
         return value.upper()
+
+    @field_validator("imatrix")
+    @classmethod
+    def _imatrix_when_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from .gguf_quant import NEEDS_IMATRIX
+
+        quant_type = info.data.get("quant_type")
+        if value is None and quant_type in NEEDS_IMATRIX:
+            raise ValueError(f"{quant_type} cannot be made without an importance matrix")
+        return value
 
 
 VariantSpec = Annotated[Union[GPTQSpec, AWQSpec, GGUFSpec], Field(discriminator="format")]
@@ -209,6 +219,7 @@ _FIXES = {
     "base_model": "add `base_model: {id: ORG/NAME}` or `{path: DIR}`",
     "prompt_template": "e.g. \"<|user|>\\n{prompt}</s>\\n<|assistant|>\\n\"",
     "format": "use gptq, awq or gguf",
+    "imatrix": "add `imatrix: RECIPE` (a calibration recipe such as wikitext2)",
 }
 
 
@@ -268,7 +279,7 @@ def _resolve(spec: GPTQSpec | AWQSpec | GGUFSpec, cfg: ProjectConfig) -> Variant
         name = branch = naming.awq_short_name(spec.bits, spec.group_size)
         repo = cfg.repos.awq or f"{owner}/{base}-AWQ"
     else:
-        name = branch = naming.gguf_short_name(spec.quant_type)
+        name = branch = naming.gguf_short_name(spec.quant_type, imatrix=spec.imatrix is not None)
         repo = cfg.repos.gguf or f"{owner}/{base}-GGUF"
     calibration = None if isinstance(spec, GGUFSpec) else (spec.calibration or cfg.calibration)
     return Variant(name=name, branch=branch, spec=spec, repo=repo, default=spec.default, calibration=calibration)

@@ -23,17 +23,22 @@ def awq_short_name(bits: int, group_size: int) -> str:
     return f"awq-{bits}bit-{group_size}g"
 
 
-def gguf_short_name(quant_type: str) -> str:
-    return f"gguf-{quant_type.lower()}"
+def gguf_short_name(quant_type: str, imatrix: bool = False) -> str:
+    """`gguf-q4_k_m`; with an importance matrix `gguf-i1-q4_k_m`, after the `i1-` files users know."""
+    return f"gguf-{'i1-' if imatrix else ''}{quant_type.lower()}"
 
 
-def gguf_file_name(model_name: str, quant_type: str) -> str:
-    return f"{model_name}.{quant_type.upper()}.gguf"
+def gguf_file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
+    return f"{model_name}.{'i1-' if imatrix else ''}{quant_type.upper()}.gguf"
 
 
 def gguf_quant_types() -> list[str]:
-    """Every file type llama.cpp can write, named as on the command line (`Q4_K_M`)."""
-    skip = {"GUESSED"}
+    """Every file type llama.cpp writes for a dense model, named as on its command line (`Q4_K_M`).
+
+    Ternary (TQ*), MoE-only and hardware-specific types are left out: they need models
+    trained for them.
+    """
+    skip = {"GUESSED", "MOSTLY_TQ1_0", "MOSTLY_TQ2_0", "MOSTLY_MXFP4_MOE", "MOSTLY_NVFP4", "MOSTLY_Q1_0"}
     names = []
     for member in gguf.LlamaFileType.__members__:
         if member in skip:

@@ -21,6 +21,14 @@ class OutputFile(BaseModel):
     sha256: str
 
 
+MODEL_SUFFIXES = (".safetensors", ".gguf")
+
+
+def model_bytes(files: list[OutputFile]) -> int:
+    """Bytes of weight files (safetensors or GGUF), the numerator of bits per weight."""
+    return sum(f.size for f in files if f.path.endswith(MODEL_SUFFIXES))
+
+
 def write_json(path: Path, value: Any) -> None:
     write_atomic(Path(path), (json.dumps(value, indent=2) + "\n").encode())
 

@@ -66,6 +66,7 @@ class Report(BaseModel):
     stages: dict[str, StageMeasure]
     files: list[OutputFile]
     total_bytes: int
+    bits_per_weight: float
     module_losses: list[dict[str, Any]] = []
 
     def write(self, folder: Path) -> Path:

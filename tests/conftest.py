@@ -76,6 +76,33 @@ def tiny_model(tmp_path_factory, wiki_texts) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
+    """The tiny Mistral with a SentencePiece tokenizer (tokenizer.model), as zephyr/Mistral ship theirs."""
+    import io
+    import shutil
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-mistral-spm")
+    model_file = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(wiki_texts[:2000]), model_writer=model_file, vocab_size=1024, model_type="bpe",
+        byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(model_file.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (tiny_model / name).is_file():
+            shutil.copy2(tiny_model / name, folder / name)
+    return folder
+
+
 def write_config(folder: Path, base: Path, variants: list[dict], **extra) -> Path:
     """A variants file for the tiny model, calibrated on a small slice of the wiki text."""
     import yaml

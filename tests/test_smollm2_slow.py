@@ -64,3 +64,33 @@ def test_default_variant_builds_loads_and_keeps_quality(tmp_path):
     reply = tokenizer.decode(out_ids[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     print("reply:", reply)
     assert "Paris" in reply
+
+
+def test_smollm2_f16_gguf_matches_hf(tmp_path):
+    """The converter on a real model: logits, greedy continuation and tokenizer against HF."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantize.basemodel import resolve_base
+    from quantize.config import load_config
+    from quantize.gguf_convert import ModelMeta, convert
+    from quantize.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
+
+    from test_gguf import TRICKY
+
+    base = resolve_base(load_config(ROOT / "examples" / "smollm2.yaml"))
+    path = tmp_path / "smollm2.F16.gguf"
+    convert(base.path, path, "F16", ModelMeta(name="SmolLM2-135M-Instruct"))
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    llm = load_gguf(path, n_ctx=256)
+    for text in TRICKY:
+        assert gguf_tokenize(llm, text) == tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+    ids = tokenizer("The Eiffel Tower is a wrought-iron lattice tower in", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    got = gguf_logits(llm, ids)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.02
+    hf_next = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    assert gguf_greedy(llm, ids, 12) == hf_next

@@ -1,0 +1,78 @@
+"""GGUF variants: one cached F16 conversion per base model, an optional cached imatrix, then llama.cpp.
+
+The F16 file and each importance matrix are keyed by content hashes (base model;
+base model + calibration tokens), so every GGUF variant of a matrix, and every later
+run, shares them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from . import naming
+from .basemodel import ResolvedBase
+from .calibration import CalibrationSet
+from .config import GGUFSpec
+from .engine import EngineResult
+from .gguf_convert import OUTTYPES, ModelMeta, convert
+from .gguf_quant import quantize_file
+from .hashing import sha256_json, short
+from .imatrix import compute_imatrix, load_imatrix, save_imatrix
+from .measure import Stages
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+CONVERTER_VERSION = 1  # bump when gguf_convert writes different bytes for the same input
+
+
+def f16_gguf(base: ResolvedBase, meta: ModelMeta) -> Path:
+    """The base model as an F16 GGUF, converted once and cached."""
+    key = short(sha256_json({"base": base.hash, "meta": meta.__dict__, "converter": CONVERTER_VERSION}))
+    path = cache_dir() / "gguf" / key / naming.gguf_file_name(meta.name, "F16")
+    if not path.is_file():
+        log.info("converting %s to F16 GGUF (once; cached in %s)", meta.name, path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        try:
+            convert(base.path, tmp, "F16", meta)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> tuple[dict, str]:
+    key = short(sha256_json({"base": base.hash, "calibration": calib.stats.hash}))
+    path = cache_dir() / "imatrix" / f"{key}.npz"
+    if path.is_file():
+        log.info("imatrix: cache hit %s", key)
+        return load_imatrix(path), key
+    log.info("imatrix: computing from %d x %d calibration tokens", *calib.input_ids.shape)
+    matrix = compute_imatrix(base.path, calib.input_ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_imatrix(path, matrix)
+    return matrix, key
+
+
+def build_gguf(base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None,
+               out: Path, stages: Stages) -> EngineResult:
+    target = out / naming.gguf_file_name(meta.name, spec.quant_type, imatrix=spec.imatrix is not None)
+    if spec.quant_type in OUTTYPES and spec.quant_type != "F16":
+        with stages.stage("convert"):
+            convert(base.path, target, spec.quant_type, meta)
+        return EngineResult(device="cpu", dtype=spec.quant_type)
+    with stages.stage("convert"):
+        f16 = f16_gguf(base, meta)
+    if spec.quant_type == "F16":
+        shutil.copyfile(f16, target)
+        return EngineResult(device="cpu", dtype="F16")
+    matrix = None
+    if calib is not None:
+        with stages.stage("imatrix"):
+            matrix, _ = cached_imatrix(base, calib)
+    with stages.stage("quantize"):
+        quantize_file(f16, target, spec.quant_type, matrix)
+    return EngineResult(device="cpu", dtype=spec.quant_type)

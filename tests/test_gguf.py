@@ -1,0 +1,177 @@
+"""GGUF: conversion parity with the HF model, tokenizer parity, every quant type, the imatrix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quantize.gguf_convert import ModelMeta, convert
+from quantize.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
+
+from conftest import run_cli, write_config
+
+TYPES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_K_S", "Q5_K_M", "Q6_K",
+         "Q8_0", "F16"]
+TRICKY = [
+    "Hello world", "  leading spaces and   runs of    spaces", "tabs\tand\nnew\n\nlines",
+    "digits 1234567890 and 3.14159, 2024-11-26", "emoji 🙂🚀 and 👩‍👩‍👧", "non-Latin: Здравствуй мир, 日本語のテキスト, مرحبا",
+    "mixed   123   456\n  789", "punctuation!!! ?? ... ---",
+]
+
+
+def hf_logits(folder, ids):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy(), model
+
+
+@pytest.fixture(scope="module", params=["bpe", "spm"])
+def f16(request, tmp_path_factory, tiny_model, tiny_spm_model):
+    folder = tiny_model if request.param == "bpe" else tiny_spm_model
+    out = tmp_path_factory.mktemp(f"f16-{request.param}") / "tiny.F16.gguf"
+    convert(folder, out, "F16", ModelMeta(name="tiny", base_model="org/tiny"))
+    return folder, out
+
+
+def test_f16_logits_and_greedy_match_hf(f16):
+    folder, path = f16
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("The history of the city begins in the Middle Ages, when", add_special_tokens=False)["input_ids"]
+    ref, model = hf_logits(folder, ids)
+    llm = load_gguf(path, n_ctx=128)
+    got = gguf_logits(llm, ids)
+    assert got.shape == ref.shape
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 0.01, err
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() == 1.0
+    hf_next = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+    assert gguf_greedy(llm, ids, 8) == hf_next
+
+
+def test_tokenizer_parity(f16):
+    """Same ids as the tokenizer the vocabulary came from: tokenizer.json for BPE, tokenizer.model for SPM.
+
+    (For SentencePiece, transformers 5's converted tokenizer differs from sentencepiece itself
+    on leading whitespace runs; llama.cpp follows sentencepiece, as the original models do.)
+    """
+    folder, path = f16
+    if (folder / "tokenizer.model").exists():
+        import sentencepiece
+
+        encode = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).encode
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    llm = load_gguf(path, n_ctx=64)
+    for text in TRICKY:
+        assert gguf_tokenize(llm, text) == encode(text), text
+
+
+def test_metadata(f16):
+    from gguf import GGUFReader
+
+    folder, path = f16
+    reader = GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    config = json.loads((folder / "config.json").read_text())
+    assert fields["general.architecture"] == "llama" and fields["general.name"] == "tiny"
+    assert fields["llama.block_count"] == config["num_hidden_layers"]
+    assert fields["llama.attention.head_count_kv"] == 2 and fields["llama.context_length"] == 2048
+    assert fields["tokenizer.ggml.model"] == ("llama" if (folder / "tokenizer.model").exists() else "gpt2")
+    assert fields["tokenizer.chat_template"].startswith("{% for m in messages %}")
+    assert fields["tokenizer.ggml.eos_token_id"] == 2
+    assert fields["general.base_model.0.repo_url"] == "https://huggingface.co/org/tiny"
+    assert len(reader.tensors) == 2 + 2 * 9 + 1  # embeddings, output, norm; 9 per layer
+
+
+def test_rejects_unknown_architecture(tmp_path, tiny_model):
+    import shutil
+
+    from quantize.errors import EngineError
+
+    folder = tmp_path / "gpt2ish"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineError, match="architecture GPT2LMHeadModel is not supported"):
+        convert(folder, tmp_path / "x.gguf", "F16", ModelMeta(name="x"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    """Every listed type of the tiny model through the CLI, plus Q4_K_M and IQ2_XS with an imatrix."""
+    work = tmp_path_factory.mktemp("gguf")
+    variants = [{"format": "gguf", "matrix": {"quant_type": TYPES}},
+                {"format": "gguf", "quant_type": "IQ2_XS", "imatrix": "tiny"},
+                {"format": "gguf", "quant_type": "Q4_1", "imatrix": "tiny"}]
+    config = write_config(work, tiny_model, variants)
+    out = work / "out"
+    proc = run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
+    return {"out": out, "config": config, "stdout": proc.stdout, "stderr": proc.stderr, "base": tiny_model}
+
+
+@pytest.mark.parametrize("quant_type", TYPES + ["i1-IQ2_XS", "i1-Q4_1"])
+def test_every_type_quantizes_and_loads(built, quant_type):
+    from gguf import GGUFReader
+
+    folder = built["out"] / f"gguf-{quant_type.lower()}"
+    path = folder / f"tiny-mistral.{quant_type}.gguf"
+    quant_type = quant_type.removeprefix("i1-")
+    assert path.is_file(), sorted(p.name for p in folder.iterdir())
+    report = json.loads((folder / "report.json").read_text())
+    assert report["variant"]["format"] == "gguf" and report["dtype"] == quant_type
+    assert report["files"][0]["size"] == path.stat().st_size
+    assert 1.5 < report["bits_per_weight"] < 17
+    file_type = {f.name: f.contents() for f in GGUFReader(path).fields.values() if f.name == "general.file_type"}
+    assert file_type["general.file_type"] == __import__("quantize.gguf_quant", fromlist=["x"]).file_type(quant_type)
+    llm = load_gguf(path, n_ctx=64)
+    logits = gguf_logits(llm, [5, 6, 7, 8])
+    assert np.isfinite(logits).all()
+
+
+def test_bits_per_weight_orders_the_types(built):
+    bpw = {t: json.loads((built["out"] / f"gguf-{t.lower()}" / "report.json").read_text())["bits_per_weight"]
+           for t in ("Q2_K", "Q4_K_M", "Q6_K", "Q8_0", "F16")}
+    assert bpw["Q2_K"] < bpw["Q4_K_M"] < bpw["Q6_K"] < bpw["Q8_0"] < bpw["F16"]
+    assert 15.5 < bpw["F16"] < 16.5
+
+
+def test_f16_intermediate_is_shared_and_imatrix_recorded(built):
+    assert built["stderr"].count("converting tiny-mistral to F16 GGUF") == 1
+    assert built["stderr"].count("imatrix: computing") == 1 and "imatrix: cache hit" in built["stderr"]
+    report = json.loads((built["out"] / "gguf-i1-iq2_xs" / "report.json").read_text())
+    assert report["inputs"]["params"]["imatrix"] == "tiny"
+    assert report["inputs"]["calibration"]["recipe"] == "tiny" and report["stages"]["imatrix"]["seconds"] >= 0
+    plain = json.loads((built["out"] / "gguf-q4_k_m" / "report.json").read_text())
+    assert plain["inputs"]["calibration"] is None and "imatrix" not in plain["stages"]
+
+
+def test_imatrix_changes_the_weights(built, tmp_path):
+    """Q4_1 with and without the imatrix: llama.cpp used the matrix it was given (different bytes)."""
+    with_im = built["out"] / "gguf-i1-q4_1" / "tiny-mistral.i1-Q4_1.gguf"
+    config = write_config(tmp_path, built["base"], [{"format": "gguf", "quant_type": "Q4_1"}])
+    run_cli("build", "--config", str(config), "--out", str(tmp_path / "out"), "--all", cwd=tmp_path, check=True)
+    without = tmp_path / "out" / "gguf-q4_1" / "tiny-mistral.Q4_1.gguf"
+    assert with_im.read_bytes() != without.read_bytes()
+
+
+def test_bad_type_lists_valid_ones(tmp_path, tiny_model):
+    config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "Q4_K_XL"}])
+    proc = run_cli("list", "--config", str(config))
+    assert proc.returncode == 2 and "unknown GGUF type 'Q4_K_XL'" in proc.stderr and "Q4_K_M" in proc.stderr
+
+
+def test_type_that_needs_an_imatrix_is_refused_without_one(tmp_path, tiny_model):
+    config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "IQ2_XS"}])
+    proc = run_cli("list", "--config", str(config))
+    assert proc.returncode == 2 and "imatrix" in proc.stderr and "fix:" in proc.stderr
