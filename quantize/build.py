@@ -25,6 +25,7 @@ from .gptq import quantize_gptq
 from .hashing import sha256_json, short
 from .measure import Stages
 from .outputs import list_files, model_bytes
+from .plan import Planner
 from .paths import clean_stale_partials, require_free_space, staged_folder
 from .report import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 from .shapes import check_group_size
@@ -54,12 +55,18 @@ class Builder:
         self._base: ResolvedBase | None = None
         self._tokenizer = None
         self._calibration: dict[tuple, CalibrationSet] = {}
+        self._planner: Planner | None = None
 
     @property
     def base(self) -> ResolvedBase:
         if self._base is None:
             self._base = resolve_base(self.project)
         return self._base
+
+    def planner(self) -> Planner:
+        if self._planner is None:
+            self._planner = Planner(self.project, self.base.config, self.base.path)
+        return self._planner
 
     def tokenizer(self):
         if self._tokenizer is None:
@@ -148,6 +155,7 @@ class Builder:
                 device=result.device, dtype=result.dtype, created_at=now(), stages=stages.measures, files=files,
                 total_bytes=sum(f.size for f in files), module_losses=result.module_losses,
                 bits_per_weight=round(8 * model_bytes(files) / self.base.param_count(), 3),
+                predicted_bytes=self.planner().predicted_bytes(variant),
             )
             report.write(tmp)
         log.info("%s: built, %.1f MB in %.0f s", variant.name, report.total_bytes / 1e6,

@@ -1,4 +1,4 @@
-"""`python -m quantize SUBCOMMAND`: list, build.
+"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build.
 
 Every QuantizeError becomes one line on stderr and a non-zero exit; tracebacks are for
 bugs, not for bad input.
@@ -24,6 +24,12 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="variants file (default: %(default)s)")
 
 
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--filter", action="append", metavar="PATTERN",
+                        help="key=value (format=gguf, bits=4) or a glob on names; repeatable, all must match")
+    parser.add_argument("--shard", metavar="K/N", help="the K-th of N disjoint round-robin shards")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     project = load_config(args.config)
     rows = [("NAME", "BRANCH", "FORMAT", "REPO", "PARAMETERS")]
@@ -39,9 +45,61 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _selected(project: Project, args: argparse.Namespace):
+    from .selection import select
+
     if not args.all and not args.variant:
         raise QuantizeError("name variants with --variant NAME (see `python -m quantize list`) or pass --all")
-    return project.select(None if args.all else args.variant)
+    if args.variant and (args.shard or args.filter):
+        raise QuantizeError("--shard and --filter select from --all; do not combine them with --variant")
+    return select(project.select(None if args.all else args.variant), args.filter, args.shard)
+
+
+def _planner(project: Project):
+    from .basemodel import resolve_config
+    from .plan import Planner
+
+    config, folder = resolve_config(project)
+    return Planner(project, config, folder)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import format_table, plan_json
+    from .selection import select
+
+    project = load_config(args.config)
+    planner = _planner(project)
+    rows = planner.rows(select(list(project.variants), args.filter, args.shard))
+    print(plan_json(rows) if args.json else format_table(rows, planner.params))
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """CI matrix entries; memory comes from `plan` when config.json can be read, else is null."""
+    import json
+
+    from .errors import AssetError
+    from .selection import select
+
+    project = load_config(args.config)
+    variants = select(list(project.variants), args.filter, args.shard)
+    try:
+        planned = {r.variant.name: r for r in _planner(project).rows(variants)}
+    except AssetError as err:
+        log.warning("no memory estimates: %s", err)
+        planned = {}
+    include = []
+    for v in variants:
+        row = planned.get(v.name)
+        include.append({
+            "variant": v.name, "branch": v.branch, "format": v.format,
+            "runner": row.runner if row else ("cpu" if v.format == "gguf" and not v.spec.imatrix else "gpu"),
+            "memory_gb": None if row is None or row.run_bytes is None else round(row.run_bytes / 1e9, 2),
+        })
+    if args.format == "github":
+        print(f"matrix={json.dumps({'include': include}, separators=(',', ':'))}")
+    else:
+        print(json.dumps(include, indent=2))
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -65,10 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("plan", help="predict sizes, memory and compatible clients from config.json alone")
+    _add_config(p)
+    _add_selection(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("matrix", help="print the variants as CI matrix entries")
+    _add_config(p)
+    _add_selection(p)
+    p.add_argument("--format", choices=("json", "github"), default="json",
+                   help="github: one `matrix=...` line for $GITHUB_OUTPUT")
+    p.set_defaults(func=cmd_matrix)
+
     p = sub.add_parser("build", help="calibrate and quantize variants into OUT/BRANCH")
     _add_config(p)
     p.add_argument("--variant", action="append", help="short or branch name; repeatable")
     p.add_argument("--all", action="store_true", help="every variant in the config")
+    _add_selection(p)
     p.add_argument("--out", default="out", help="output root (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even when inputs are unchanged")
     p.set_defaults(func=cmd_build)

@@ -20,7 +20,7 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "gguf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -67,6 +67,7 @@ class Report(BaseModel):
     files: list[OutputFile]
     total_bytes: int
     bits_per_weight: float
+    predicted_bytes: int | None = None  # plan's prediction for the weight file(s), beside the measured size
     module_losses: list[dict[str, Any]] = []
 
     def write(self, folder: Path) -> Path:

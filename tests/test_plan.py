@@ -1,0 +1,126 @@
+"""plan and matrix: predictions from config.json alone, held against real files; CI matrix and shards."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from quantize.config import load_config
+from quantize.plan import Planner, format_table
+from quantize.selection import select
+
+from conftest import ROOT, run_cli, write_config
+
+# Mistral-7B-v0.1 / zephyr-7b-beta hyperparameters, as published in their config.json.
+MISTRAL_7B = {
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "vocab_size": 32000, "max_position_embeddings": 32768, "rope_theta": 10000.0, "rms_norm_eps": 1e-05,
+    "sliding_window": 4096, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+}
+# File sizes TheBloke/zephyr-7B-beta-GPTQ and -GGUF list (GB). Q2_K is left out: llama.cpp
+# has changed its Q2_K mix since those files were made (3.08 GB then).
+PUBLISHED_GB = {
+    "gptq-4bit-128g": 4.16, "gptq-4bit-32g": 4.57, "gptq-4bit-64g": 4.29, "gptq-8bit": 7.52,
+    "gptq-8bit-128g": 7.68, "gptq-8bit-32g": 8.17,
+    "gguf-q3_k_s": 3.16, "gguf-q3_k_m": 3.52, "gguf-q3_k_l": 3.82, "gguf-q4_0": 4.11, "gguf-q4_k_s": 4.14,
+    "gguf-q4_k_m": 4.37, "gguf-q5_0": 5.00, "gguf-q5_k_s": 5.00, "gguf-q5_k_m": 5.13, "gguf-q6_k": 5.94,
+    "gguf-q8_0": 7.70,
+}
+
+
+@pytest.fixture(scope="module")
+def zephyr_config(tmp_path_factory):
+    """The repo's variants.yaml pointed at a folder holding only a 7B config.json (no weights, no hub)."""
+    folder = tmp_path_factory.mktemp("mistral-7b")
+    (folder / "model").mkdir()
+    (folder / "model" / "config.json").write_text(json.dumps(MISTRAL_7B))
+    doc = yaml.safe_load((ROOT / "variants.yaml").read_text())
+    doc["base_model"]["path"] = str(folder / "model")
+    path = folder / "variants.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (folder / "calibration").mkdir()
+    (folder / "calibration" / "wikitext2.yaml").write_text((ROOT / "calibration" / "wikitext2.yaml").read_text())
+    return path
+
+
+def test_plan_of_a_7b_is_fast_complete_and_matches_published_sizes(zephyr_config):
+    project = load_config(zephyr_config)
+    start = time.perf_counter()
+    planner = Planner(project, MISTRAL_7B, None)
+    rows = planner.rows(list(project.variants))
+    table = format_table(rows, planner.params)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, elapsed
+    assert len(table.splitlines()) == len(project.variants) + 3
+    by_name = {r.variant.name: r for r in rows}
+    for name, gb in PUBLISHED_GB.items():
+        assert by_name[name].bytes / 1e9 == pytest.approx(gb, rel=0.02), name
+    assert 7.2e9 < planner.params < 7.3e9
+    main = by_name["gptq-4bit-128g"]
+    assert "ExLlama" in main.clients and "vLLM (Marlin)" in main.clients
+    assert "ExLlama" not in by_name["gptq-8bit"].clients
+    # RUN = weights + KV cache (2 x 32 layers x 8 heads x 128 x 4096 x 2 bytes = 0.54 GB) + workspace.
+    assert main.run_bytes - main.load_bytes > 0.5e9
+    q4 = by_name["gguf-q4_k_m"]
+    assert q4.load_bytes == q4.bytes + 2_500_000_000 and q4.runner == "cpu"
+
+
+def test_plan_cli_prints_the_table(zephyr_config):
+    proc = run_cli("plan", "--config", str(zephyr_config), check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["VARIANT", "BRANCH", "/"]
+    assert any(line.startswith("gguf-q4_k_m") and "zephyr-7b-beta.Q4_K_M.gguf" in line for line in lines)
+    as_json = json.loads(run_cli("plan", "--config", str(zephyr_config), "--json", check=True).stdout)
+    assert [r["variant"] for r in as_json] == [v.name for v in load_config(zephyr_config).variants]
+
+
+def test_matrix_json_covers_every_variant_once(zephyr_config):
+    entries = json.loads(run_cli("matrix", "--config", str(zephyr_config), check=True).stdout)
+    names = [e["variant"] for e in entries]
+    assert names == [v.name for v in load_config(zephyr_config).variants]
+    assert len(set(names)) == len(names)
+    assert {e["runner"] for e in entries} == {"gpu", "cpu"}
+    assert all(e["memory_gb"] > 1 for e in entries)
+
+    line = run_cli("matrix", "--config", str(zephyr_config), "--format", "github", check=True).stdout.strip()
+    assert line.startswith("matrix=")
+    assert [e["variant"] for e in json.loads(line.removeprefix("matrix="))["include"]] == names
+
+    gguf = json.loads(run_cli("matrix", "--config", str(zephyr_config), "--filter", "format=gguf", check=True).stdout)
+    assert gguf and all(e["format"] == "gguf" for e in gguf)
+    eight = json.loads(run_cli("matrix", "--config", str(zephyr_config), "--filter", "gptq-8bit*", check=True).stdout)
+    assert [e["variant"] for e in eight] == ["gptq-8bit-32g", "gptq-8bit-128g", "gptq-8bit"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 25])
+def test_shards_partition_the_matrix(n):
+    variants = list(load_config(ROOT / "variants.yaml").variants)
+    shards = [select(variants, None, f"{k}/{n}") for k in range(1, n + 1)]
+    flat = [v.name for s in shards for v in s]
+    assert sorted(flat) == sorted(v.name for v in variants)  # no gap
+    assert len(flat) == len(set(flat))  # no overlap
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_bad_shard_and_filter_are_one_line_errors(zephyr_config):
+    for args, words in ((["--shard", "5/4"], "between 1 and N"), (["--shard", "x"], "K/N"),
+                        (["--filter", "colour=red"], "unknown key 'colour'")):
+        proc = run_cli("matrix", "--config", str(zephyr_config), *args)
+        assert proc.returncode == 1 and words in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_predictions_hold_within_two_percent_of_built_files(tmp_path, tiny_model):
+    variants = [{"format": "gptq", "bits": 4, "group_size": 32}, {"format": "awq", "group_size": 32},
+                {"format": "gguf", "matrix": {"quant_type": ["Q4_K_M", "Q3_K_S", "Q8_0"]}}]
+    config = write_config(tmp_path, tiny_model, variants)
+    run_cli("build", "--config", str(config), "--out", str(tmp_path / "out"), "--all", cwd=tmp_path, check=True)
+    planned = {r["variant"]: r for r in json.loads(run_cli("plan", "--config", str(config), "--json", check=True).stdout)}
+    for folder in (tmp_path / "out").iterdir():
+        report = json.loads((folder / "report.json").read_text())
+        measured = sum(f["size"] for f in report["files"] if f["path"].endswith((".safetensors", ".gguf")))
+        assert report["predicted_bytes"] == pytest.approx(measured, rel=0.02), folder.name
+        assert planned[report["variant"]["name"]]["predicted_bytes"] == report["predicted_bytes"]
