@@ -50,8 +50,9 @@ class BuildOutcome:
 class Builder:
     """Builds variants of one project, sharing the base model and calibration sets across them."""
 
-    def __init__(self, project: Project, out_root: Path, force: bool = False):
-        self.project, self.out_root, self.force = project, Path(out_root).resolve(), force
+    def __init__(self, project: Project, out_root: Path, force: bool = False, check: bool = True):
+        self.project, self.out_root, self.force, self.run_checks = project, Path(out_root).resolve(), force, check
+        self._checker = None
         self._base: ResolvedBase | None = None
         self._tokenizer = None
         self._calibration: dict[tuple, CalibrationSet] = {}
@@ -128,7 +129,35 @@ class Builder:
 
     def build_all(self, variants: list[Variant]) -> list[BuildOutcome]:
         self.validate(variants)
-        return [self.build(v) for v in variants]
+        outcomes = []
+        for variant in variants:
+            outcome = self.build(variant)
+            if self.run_checks:
+                outcome = BuildOutcome(outcome.variant, outcome.folder, outcome.status, self.check(variant, outcome.report))
+            outcomes.append(outcome)
+        return outcomes
+
+    def checker(self):
+        if self._checker is None:
+            from .checks import Checker
+
+            self._checker = Checker(self)
+        return self._checker
+
+    def check(self, variant: Variant, report: Report | None = None) -> Report:
+        """Run the checks on a built variant, record them in its report.json, and return the report."""
+        folder = self.out_root / variant.branch
+        report = report or read_report(folder)
+        if report is None:
+            raise QuantizeError(f"{folder}: no report.json; build the variant first (python -m quantize build --variant {variant.name})")
+        checker = self.checker()
+        if report.checks is not None and report.checks.eval.hash == checker.evalset().stats.hash and not self.force:
+            log.info("%s: already checked on this eval set (%s)", variant.name, report.status)
+            return report
+        result = checker.check(variant, folder)
+        report = report.model_copy(update={"checks": result, "status": "passed" if result.passed else "failed"})
+        report.write(folder)
+        return report
 
     def build(self, variant: Variant) -> BuildOutcome:
         folder = self.out_root / variant.branch

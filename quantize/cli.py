@@ -1,4 +1,4 @@
-"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build.
+"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build, check, report.
 
 Every QuantizeError becomes one line on stderr and a non-zero exit; tracebacks are for
 bugs, not for bad input.
@@ -107,10 +107,45 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     project = load_config(args.config)
     variants = _selected(project, args)
-    builder = Builder(project, Path(args.out), force=args.force)
+    builder = Builder(project, Path(args.out), force=args.force, check=not args.no_check)
     outcomes = builder.build_all(variants)
     for o in outcomes:
-        print(f"{o.variant.name:24s} {o.status:11s} {o.report.total_bytes / 1e6:9.1f} MB  {o.folder}")
+        print(f"{o.variant.name:24s} {o.status:11s} {o.report.total_bytes / 1e6:9.1f} MB  {o.report.status:7s} {o.folder}")
+    failed = [o.variant.name for o in outcomes if o.report.status == "failed"]
+    if failed:
+        print(f"error: failed their checks (built, not publishable): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .build import Builder
+    from .checks import format_verdicts
+
+    project = load_config(args.config)
+    builder = Builder(project, Path(args.out), force=args.force)
+    failed = []
+    for variant in _selected(project, args):
+        report = builder.check(variant)
+        print(format_verdicts(variant.name, report.checks))
+        if not report.checks.passed:
+            failed.append(variant.name)
+    if failed:
+        print(f"error: failed gates: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .compare import collect, write_outputs
+
+    project = load_config(args.config)
+    table = collect(project, Path(args.out))
+    if not table.rows:
+        raise QuantizeError(f"{args.out}: no built variants of {project.path.name}; run `python -m quantize build` first")
+    print(table.markdown() if args.markdown else table.text())
+    for path in write_outputs(table, Path(args.out)):
+        log.info("wrote %s", path)
     return 0
 
 
@@ -143,7 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("--out", default="out", help="output root (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even when inputs are unchanged")
+    p.add_argument("--no-check", action="store_true", help="skip the checks (the variant stays unpublishable)")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("check", help="perplexity, KLD, memory and smoke chat of built variants, judged by gates")
+    _add_config(p)
+    p.add_argument("--variant", action="append", help="short or branch name; repeatable")
+    p.add_argument("--all", action="store_true", help="every variant in the config")
+    _add_selection(p)
+    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="check again even when already checked")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="one table of every built variant, as text/Markdown, JSON and a PNG plot")
+    _add_config(p)
+    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    p.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -151,6 +151,9 @@ class ProjectConfig(Strict):
     prompt_template: str = Field(description="chat prompt with {prompt} (and optionally {system})")
     system_prompt: str = ""
     calibration: str = "wikitext2"
+    evaluation: str = Field("wikitext2-test", description="perplexity/KLD text in eval/")
+    smoke: str = Field("smoke", description="smoke chat prompts in eval/")
+    gates: str = Field("gates", description="quality gates per format in eval/")
     quantized_by: str | None = None
     variants: list[dict[str, Any]] = Field(min_length=1)
 
@@ -321,6 +324,10 @@ def parse_config(data: Any, file: Path) -> Project:
                 raise _pydantic_error(file, err, label) from None
             variants.append(_resolve(spec, cfg))
 
+    for field in ("evaluation", "smoke", "gates"):
+        name = getattr(cfg, field)
+        if not any((d / "eval" / f"{name}.yaml").is_file() for d in (file.parent, file.parent.parent, PACKAGE_ROOT)):
+            raise ConfigError(file, field, f"no eval/{name}.yaml", "add the file or name an existing one")
     _check_unique(file, variants)
     variants = _assign_defaults(file, variants)
     for variant in variants:

@@ -32,11 +32,11 @@ def gguf_tokenize(llm, text: str) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
 
-def gguf_greedy(llm, ids: list[int], max_new_tokens: int) -> list[int]:
+def gguf_greedy(llm, ids: list[int], max_new_tokens: int, stop: int | None = None) -> list[int]:
     llm.reset()
     out = []
     for token in llm.generate([int(i) for i in ids], temp=0.0, top_k=1, reset=True):
         out.append(int(token))
-        if len(out) >= max_new_tokens:
+        if len(out) >= max_new_tokens or token == stop:
             break
     return out

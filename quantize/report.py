@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from .calibration import CalibrationStats
+from .checks import CheckReport
 from .config import Variant
 from .measure import StageMeasure
 from .outputs import OutputFile
@@ -54,7 +55,7 @@ class Inputs(BaseModel):
 
 class Report(BaseModel):
     schema_version: int = SCHEMA_VERSION
-    status: Literal["built"] = "built"
+    status: Literal["built", "passed", "failed"] = "built"  # passed/failed once checked
     variant: VariantInfo
     inputs_hash: str
     inputs: Inputs
@@ -69,6 +70,7 @@ class Report(BaseModel):
     bits_per_weight: float
     predicted_bytes: int | None = None  # plan's prediction for the weight file(s), beside the measured size
     module_losses: list[dict[str, Any]] = []
+    checks: CheckReport | None = None
 
     def write(self, folder: Path) -> Path:
         from .outputs import write_json

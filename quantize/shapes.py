@@ -41,3 +41,19 @@ def check_group_size(config: dict, group_size: int, file: str, variant: str) -> 
                 f"{group_size} does not divide the input width {width} of {layer}",
                 f"use one of: {sizes}",
             )
+
+
+CPU_INT4_GROUPS = (32, 64, 128, 256)
+
+
+def needs_slow_cpu_kernel(config: dict, bits: int, group_size: int) -> bool:
+    """True when gptqmodel's fast CPU int4 kernel cannot run this GPTQ layout.
+
+    torch's int4 CPU matmul takes group sizes 32-256 only, so 4-bit without grouping
+    (one group as wide as the layer) must be loaded with the plain torch backend on a CPU.
+    """
+    if bits != 4:
+        return False
+    widths = set(linear_input_widths(config).values())
+    effective = widths if group_size == -1 else {group_size}
+    return not effective <= set(CPU_INT4_GROUPS)

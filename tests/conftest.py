@@ -103,10 +103,22 @@ def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
     return folder
 
 
-def write_config(folder: Path, base: Path, variants: list[dict], **extra) -> Path:
-    """A variants file for the tiny model, calibrated on a small slice of the wiki text."""
+TINY_GATES = {  # a random 2-layer model: loose limits, smoke replies recorded, not judged
+    fmt: {"max_ppl_ratio": 2.0, "max_mean_kld": 1.0, "min_top1": 0.3, "smoke": "report"} for fmt in ("gptq", "awq", "gguf")
+}
+
+
+def write_config(folder: Path, base: Path, variants: list[dict], gates: dict | None = None, **extra) -> Path:
+    """A variants file for the tiny model, calibrated and evaluated on small slices of the wiki text."""
     import yaml
 
+    (folder / "eval").mkdir(parents=True, exist_ok=True)
+    (folder / "eval" / "tiny-heldout.yaml").write_text(yaml.safe_dump({
+        "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "heldout"}},
+        "n_ctx": 128, "max_windows": 4, "min_chars": 100}))
+    (folder / "eval" / "tiny-smoke.yaml").write_text(yaml.safe_dump({
+        "max_new_tokens": 8, "prompts": [{"prompt": "What is the capital of France?"}]}))
+    (folder / "eval" / "tiny-gates.yaml").write_text(yaml.safe_dump(gates or TINY_GATES))
     (folder / "calibration").mkdir(parents=True, exist_ok=True)
     recipe = {
         "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "calibration"}},
@@ -118,6 +130,9 @@ def write_config(folder: Path, base: Path, variants: list[dict], **extra) -> Pat
         "owner": "tester",
         "prompt_template": "<|user|>\n{prompt}</s>\n<|assistant|>\n",
         "calibration": "tiny",
+        "evaluation": "tiny-heldout",
+        "smoke": "tiny-smoke",
+        "gates": "tiny-gates",
         "variants": variants,
         **extra,
     }

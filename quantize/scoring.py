@@ -1,0 +1,140 @@
+"""Perplexity and KL divergence on llama.cpp's protocol, for HF and GGUF models alike.
+
+Each window of n_ctx ids is evaluated from scratch; positions n_ctx/2 .. n_ctx-2 predict
+the second half, as `llama-perplexity` scores. The base model's side is kept compactly
+per scored position: the log-probability of the true next token (exact perplexity), and
+its top-K log-probabilities plus the mass of the rest (KL divergence summed over the
+top-K and one tail bucket: a lower bound that is tight when the base's distribution is
+concentrated, which is what separates Q8_0 from Q6_K). Cached per (base, eval set).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from .progress import bar
+
+log = logging.getLogger(__name__)
+
+TOP_K = 64
+LogitsFn = Callable[[np.ndarray], np.ndarray]  # window ids [n_ctx] -> logits [n_ctx, vocab]
+
+
+@dataclass
+class Reference:
+    """The base model's compact log-probabilities on the scored positions."""
+
+    target_lp: np.ndarray  # [positions]
+    top_ids: np.ndarray  # [positions, K] int32, best first
+    top_lp: np.ndarray  # [positions, K]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, target_lp=self.target_lp, top_ids=self.top_ids, top_lp=self.top_lp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Reference":
+        with np.load(path) as data:
+            return cls(data["target_lp"], data["top_ids"], data["top_lp"])
+
+
+class Scores(BaseModel):
+    ppl: float
+    mean_nll: float
+    tokens: int
+    mean_kld: float | None = None
+    p99_kld: float | None = None
+    top1_agreement: float | None = None
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _scored(window: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first = len(window) // 2
+    return _log_softmax(logits[first:-1]), window[first + 1:]
+
+
+def reference(windows: np.ndarray, logits_fn: LogitsFn, k: int = TOP_K) -> Reference:
+    targets, ids, lps = [], [], []
+    for window in bar(windows, desc="base log-probs", unit="window"):
+        lp, nxt = _scored(window, logits_fn(window))
+        top = np.argsort(-lp, axis=-1)[:, :k]
+        targets.append(lp[np.arange(len(nxt)), nxt])
+        ids.append(top.astype(np.int32))
+        lps.append(np.take_along_axis(lp, top, axis=-1))
+    return Reference(np.concatenate(targets), np.concatenate(ids), np.concatenate(lps))
+
+
+def _tail_log(lp_top: np.ndarray) -> np.ndarray:
+    """log(1 - sum(exp(top))) per row, kept finite when the top-K holds all the mass."""
+    rest = 1.0 - np.exp(lp_top).sum(axis=-1)
+    return np.log(np.clip(rest, 1e-12, None))
+
+
+def score(windows: np.ndarray, logits_fn: LogitsFn, ref: Reference | None = None, desc: str = "score") -> Scores:
+    """Perplexity of a model, and its KL divergence from `ref` when given."""
+    nll, klds, agree, offset = [], [], [], 0
+    for window in bar(windows, desc=desc, unit="window"):
+        lp, nxt = _scored(window, logits_fn(window))
+        n = len(nxt)
+        nll.append(-lp[np.arange(n), nxt])
+        if ref is not None:
+            rows = slice(offset, offset + n)
+            p_lp = ref.top_lp[rows]
+            q_lp = np.take_along_axis(lp, ref.top_ids[rows].astype(np.int64), axis=-1)
+            p_tail, q_tail = _tail_log(p_lp), _tail_log(q_lp)
+            kld = (np.exp(p_lp) * (p_lp - q_lp)).sum(-1) + np.exp(p_tail) * (p_tail - q_tail)
+            klds.append(np.maximum(kld, 0.0))
+            agree.append(lp.argmax(-1) == ref.top_ids[rows, 0])
+            offset += n
+    mean_nll = float(np.concatenate(nll).mean())
+    out = Scores(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=int(sum(len(x) for x in nll)))
+    if ref is not None:
+        all_kld = np.concatenate(klds)
+        out.mean_kld = float(all_kld.mean())
+        out.p99_kld = float(np.percentile(all_kld, 99))
+        out.top1_agreement = float(np.concatenate(agree).mean())
+    return out
+
+
+def hf_logits_fn(model_dir: Path, device: str = "cpu", dtype=None, **load_kwargs) -> LogitsFn:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"device_map": device, **load_kwargs}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model.eval()
+
+    def logits(window: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            ids = torch.from_numpy(window).unsqueeze(0).to(model.device)
+            return model(ids).logits[0].float().cpu().numpy()
+
+    logits.model = model  # for smoke chat and memory measurement
+    return logits
+
+
+def gguf_logits_fn(path: Path, n_ctx: int) -> LogitsFn:
+    from .llamacpp import gguf_logits, load_gguf
+
+    llm = load_gguf(path, n_ctx=n_ctx)
+
+    def logits(window: np.ndarray) -> np.ndarray:
+        return gguf_logits(llm, window)
+
+    logits.llm = llm
+    return logits

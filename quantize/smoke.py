@@ -1,0 +1,73 @@
+"""Smoke chat: does the variant still answer a chat prompt rendered with the model's template?
+
+Fails on an empty reply, a reply that leaks the template's role markers (`<|user|>`),
+degenerate repetition, or a `prompt_template` that disagrees with the chat template the
+tokenizer ships (a broken template makes every other number meaningless).
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from pydantic import BaseModel, Field
+
+from .config import Strict
+
+MARKER = re.compile(r"<\|[^|>]{1,32}\|>|\[/?INST\]")
+
+
+class SmokePrompt(Strict):
+    prompt: str
+    system: str | None = None
+
+
+class SmokeSuite(Strict):
+    max_new_tokens: int = Field(48, gt=0)
+    prompts: list[SmokePrompt] = Field(min_length=1)
+
+
+class Reply(BaseModel):
+    prompt: str
+    reply: str
+    problems: list[str]
+
+
+def load_suite(path) -> SmokeSuite:
+    return SmokeSuite.model_validate(yaml.safe_load(open(path).read()))
+
+
+def render(template: str, prompt: SmokePrompt, default_system: str) -> str:
+    return template.format(system=prompt.system if prompt.system is not None else default_system, prompt=prompt.prompt)
+
+
+def template_problem(template: str, default_system: str, tokenizer) -> str | None:
+    """None when `prompt_template` renders what the tokenizer's own chat template renders."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = SmokePrompt(prompt="Name a colour.")
+    messages = ([{"role": "system", "content": default_system}] if "{system}" in template else []) + [
+        {"role": "user", "content": probe.prompt}]
+    theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if tokenizer.bos_token and theirs.startswith(tokenizer.bos_token):
+        theirs = theirs[len(tokenizer.bos_token):]
+    ours = render(template, probe, default_system)
+    if ours == theirs:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return (f"prompt_template disagrees with the tokenizer's chat template at character {at}: "
+            f"ours {ours[max(0, at - 10):at + 20]!r} vs theirs {theirs[max(0, at - 10):at + 20]!r}")
+
+
+def reply_problems(reply: str, token_ids: list[int], template: str) -> list[str]:
+    problems = []
+    if not reply.strip():
+        problems.append("empty reply")
+    leaked = sorted(set(MARKER.findall(reply)) & set(MARKER.findall(template)))
+    if leaked:
+        problems.append(f"template leak: {', '.join(leaked)} in the reply")
+    if len(token_ids) >= 16:
+        grams = [tuple(token_ids[i:i + 4]) for i in range(len(token_ids) - 3)]
+        if len(set(grams)) / len(grams) < 0.35:
+            problems.append("degenerate repetition")
+    return problems
