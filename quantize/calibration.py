@@ -108,12 +108,10 @@ def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> Cal
     docs, where = collect_text(loaded)
     text_hash = sha256_bytes(recipe.join.join(docs).encode("utf-8"))
     key = sha256_json({"recipe": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash, "text": text_hash})
-    folder = cache_dir() / "calibration"
-    tokens_file, stats_file = folder / f"{short(key)}.npy", folder / f"{short(key)}.json"
-    if tokens_file.is_file() and stats_file.is_file():
+    hit = load_tokens("calibration", key, CalibrationStats)
+    if hit is not None:
         log.info("calibration %s: cache hit %s", loaded.name, short(key))
-        stats = CalibrationStats.model_validate_json(stats_file.read_text())
-        return CalibrationSet(np.load(tokens_file), stats, cached=True)
+        return CalibrationSet(hit[0], hit[1], cached=True)
 
     log.info("calibration %s: tokenizing %d documents from %s", loaded.name, len(docs), where)
     ids = tokenize_documents(docs, recipe.join, tokenizer, desc=f"tokenize {loaded.name}")
@@ -131,10 +129,25 @@ def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> Cal
         characters=sum(len(d) for d in docs), tokens=int(len(ids)),
         samples=recipe.samples, seq_len=recipe.seq_len, seed=recipe.seed,
     )
+    store_tokens("calibration", key, input_ids, stats)
+    return CalibrationSet(input_ids, stats, cached=False)
+
+
+def load_tokens(kind: str, key: str, stats_type: type[BaseModel]) -> tuple[np.ndarray, BaseModel] | None:
+    """A cached token array and its stats, or None."""
+    folder = cache_dir() / kind
+    tokens_file, stats_file = folder / f"{short(key)}.npy", folder / f"{short(key)}.json"
+    if tokens_file.is_file() and stats_file.is_file():
+        return np.load(tokens_file), stats_type.model_validate_json(stats_file.read_text())
+    return None
+
+
+def store_tokens(kind: str, key: str, array: np.ndarray, stats: BaseModel) -> None:
+    """Tokens first, stats last (each atomically): stats present means the tokens are complete."""
+    folder = cache_dir() / kind
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{short(key)}.npy.tmp"
     with open(tmp, "wb") as handle:
-        np.save(handle, input_ids)
-    tmp.replace(tokens_file)
-    write_atomic(stats_file, stats.model_dump_json(indent=2).encode())
-    return CalibrationSet(input_ids, stats, cached=False)
+        np.save(handle, array)
+    tmp.replace(folder / f"{short(key)}.npy")
+    write_atomic(folder / f"{short(key)}.json", stats.model_dump_json(indent=2).encode())

@@ -30,6 +30,16 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", metavar="K/N", help="the K-th of N disjoint round-robin shards")
 
 
+def _add_variants(parser: argparse.ArgumentParser, force_help: str) -> None:
+    """What build and check share: which variants, where their folders are, and --force."""
+    _add_config(parser)
+    parser.add_argument("--variant", action="append", help="short or branch name; repeatable")
+    parser.add_argument("--all", action="store_true", help="every variant in the config")
+    _add_selection(parser)
+    parser.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help=force_help)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     project = load_config(args.config)
     rows = [("NAME", "BRANCH", "FORMAT", "REPO", "PARAMETERS")]
@@ -172,22 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("build", help="calibrate and quantize variants into OUT/BRANCH")
-    _add_config(p)
-    p.add_argument("--variant", action="append", help="short or branch name; repeatable")
-    p.add_argument("--all", action="store_true", help="every variant in the config")
-    _add_selection(p)
-    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="rebuild even when inputs are unchanged")
+    _add_variants(p, force_help="rebuild even when inputs are unchanged")
     p.add_argument("--no-check", action="store_true", help="skip the checks (the variant stays unpublishable)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("check", help="perplexity, KLD, memory and smoke chat of built variants, judged by gates")
-    _add_config(p)
-    p.add_argument("--variant", action="append", help="short or branch name; repeatable")
-    p.add_argument("--all", action="store_true", help="every variant in the config")
-    _add_selection(p)
-    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="check again even when already checked")
+    _add_variants(p, force_help="check again even when already checked")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("report", help="one table of every built variant, as text/Markdown, JSON and a PNG plot")

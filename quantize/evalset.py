@@ -15,11 +15,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from .calibration import LoadedRecipe, Recipe, collect_text, tokenize_documents
+from .calibration import LoadedRecipe, Recipe, collect_text, load_tokens, store_tokens, tokenize_documents
 from .config import PACKAGE_ROOT, Strict, _pydantic_error
 from .errors import CalibrationError, ConfigError
-from .hashing import sha256_bytes, sha256_json, short
-from .paths import cache_dir, write_atomic
+from .hashing import sha256_bytes, sha256_json
 from .textsource import TextSource
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,9 @@ def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:
     docs, where = collect_text(as_calibration)
     key = sha256_json({"eval": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash,
                        "text": sha256_bytes(recipe.join.join(docs).encode())})
-    folder = cache_dir() / "eval"
-    tokens_file, stats_file = folder / f"{short(key)}.npy", folder / f"{short(key)}.json"
-    if tokens_file.is_file() and stats_file.is_file():
-        return EvalSet(np.load(tokens_file), EvalStats.model_validate_json(stats_file.read_text()))
+    hit = load_tokens("eval", key, EvalStats)
+    if hit is not None:
+        return EvalSet(*hit)
     # Tokenize only what the windows need (about 8 characters a token is ample), not a whole corpus.
     need_chars, count, chars = 8 * recipe.n_ctx * recipe.max_windows, 0, 0
     while count < len(docs) and chars < need_chars:
@@ -88,10 +86,5 @@ def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:
     windows = ids[: n * recipe.n_ctx].reshape(n, recipe.n_ctx)
     stats = EvalStats(eval=path.stem, source=where, hash=key, windows=n, n_ctx=recipe.n_ctx,
                       scored_tokens=n * (recipe.n_ctx - recipe.n_ctx // 2 - 1))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{short(key)}.npy.tmp"
-    with open(tmp, "wb") as handle:
-        np.save(handle, windows)
-    tmp.replace(tokens_file)
-    write_atomic(stats_file, stats.model_dump_json(indent=2).encode())
+    store_tokens("eval", key, windows, stats)
     return EvalSet(windows, stats)
