@@ -17,9 +17,9 @@ from .basemodel import ResolvedBase, resolve_base
 from .calibration import CalibrationSet, calibration_set, load_recipe
 from .config import GGUFSpec, Project, Variant
 from .engine import EngineResult
-from .gguf_convert import SUPPORTED_ARCHITECTURES, ModelMeta
+from .gguf_convert import ModelMeta, check_architecture
 from .gguf_engine import CONVERTER_VERSION, build_gguf
-from .errors import QuantizeError
+from .errors import EngineError, QuantizeError
 from .awq import quantize_awq
 from .gptq import quantize_gptq
 from .hashing import sha256_json, short
@@ -81,9 +81,7 @@ class Builder:
         config = self.base.config
         for variant in variants:
             if variant.format == "gguf":
-                if config.get("architectures", ["?"])[0] not in SUPPORTED_ARCHITECTURES:
-                    raise QuantizeError(f"{self.base.path / 'config.json'}: architecture {config.get('architectures')} "
-                                        f"cannot be converted to GGUF (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+                check_architecture(config, self.base.path / "config.json")
             else:
                 check_group_size(config, variant.spec.group_size, str(self.project.path), variant.name)
 
@@ -107,7 +105,7 @@ class Builder:
 
     def inputs(self, variant: Variant, calib: CalibrationSet | None) -> Inputs:
         versions = package_versions()
-        packages = ("gguf", "llama_cpp_python") if variant.format == "gguf" else ("gptqmodel", "torch", "transformers")
+        packages = ("gguf", "llama-cpp-python") if variant.format == "gguf" else ("gptqmodel", "torch", "transformers")
         engine = {k: versions.get(k, "?") for k in packages}
         engine["layout"] = str(OUTPUT_LAYOUT)
         if variant.format == "gguf":
@@ -122,6 +120,13 @@ class Builder:
             return build_gguf(self.base, self.gguf_meta(), variant.spec, calib, tmp, stages)
         with stages.stage("quantize"):
             return HF_ENGINES[variant.format](self.base.path, variant.spec, calib.input_ids, tmp)
+
+    def _predicted_bytes(self, variant: Variant) -> int | None:
+        try:
+            return self.planner().predicted_bytes(variant)
+        except EngineError as err:  # a prediction must never fail a finished build
+            log.warning("%s: no size prediction: %s", variant.name, err)
+            return None
 
     def _needed_bytes(self, variant: Variant) -> int:
         bits = getattr(variant.spec, "bits", 16)
@@ -184,7 +189,7 @@ class Builder:
                 device=result.device, dtype=result.dtype, created_at=now(), stages=stages.measures, files=files,
                 total_bytes=sum(f.size for f in files), module_losses=result.module_losses,
                 bits_per_weight=round(8 * model_bytes(files) / self.base.param_count(), 3),
-                predicted_bytes=self.planner().predicted_bytes(variant),
+                predicted_bytes=self._predicted_bytes(variant),
             )
             report.write(tmp)
         log.info("%s: built, %.1f MB in %.0f s", variant.name, report.total_bytes / 1e6,

@@ -116,7 +116,10 @@ class Checker:
             else:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                fn = hf_logits_fn(folder, _device(), **self._load_kwargs(variant))
+                # float16 matmuls are ~40x slower than bfloat16 on a CPU (38 s vs 0.8 s for a 512-token
+                # forward of 4-bit SmolLM2): checks on a CPU compute in bfloat16, GPUs in the file's float16.
+                dtype = torch.bfloat16 if _device() == "cpu" else None
+                fn = hf_logits_fn(folder, _device(), dtype=dtype, **self._load_kwargs(variant))
                 load_cuda = torch.cuda.max_memory_allocated() if cuda else None
             scores = score(es.windows, fn, ref, desc=f"score {variant.name}")
             replies = self._smoke(variant, fn)

@@ -40,6 +40,13 @@ class ModelMeta:
     license: str | None = None
 
 
+def check_architecture(config: dict, where: Path) -> None:
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise EngineError(f"{where}: architecture {arch} is not supported by the GGUF converter "
+                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+
+
 def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
     """Reorder each head's rows from HF's [first half | second half] to llama.cpp's interleaved pairs."""
     rows = weights.shape[0]
@@ -50,10 +57,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str, meta: ModelMeta) -> N
     """Write `out_file`; raises EngineError on an architecture or tokenizer this converter does not know."""
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    arch = (config.get("architectures") or ["?"])[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise EngineError(f"{model_dir / 'config.json'}: architecture {arch} is not supported by the GGUF converter "
-                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    check_architecture(config, model_dir / "config.json")
     if outtype not in OUTTYPES:
         raise EngineError(f"GGUF conversion type {outtype!r} unknown; use one of {', '.join(OUTTYPES)}")
     file_type, tensor_type = OUTTYPES[outtype]

@@ -23,7 +23,8 @@ from .outputs import OutputFile
 
 REPORT_NAME = "report.json"
 SCHEMA_VERSION = 1
-TRACKED_PACKAGES = ("quantize", "torch", "transformers", "gptqmodel", "tokenizers", "safetensors", "gguf", "numpy")
+TRACKED_PACKAGES = ("quantize", "torch", "transformers", "gptqmodel", "tokenizers", "safetensors", "gguf",
+                    "llama-cpp-python", "numpy")
 
 
 class VariantInfo(BaseModel):

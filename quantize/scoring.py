@@ -70,7 +70,8 @@ def reference(windows: np.ndarray, logits_fn: LogitsFn, k: int = TOP_K) -> Refer
     targets, ids, lps = [], [], []
     for window in bar(windows, desc="base log-probs", unit="window"):
         lp, nxt = _scored(window, logits_fn(window))
-        top = np.argsort(-lp, axis=-1)[:, :k]
+        part = np.argpartition(-lp, k, axis=-1)[:, :k]  # top-K unordered, then order just those
+        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(lp, part, axis=-1), axis=-1), axis=-1)
         targets.append(lp[np.arange(len(nxt)), nxt])
         ids.append(top.astype(np.int32))
         lps.append(np.take_along_axis(lp, top, axis=-1))

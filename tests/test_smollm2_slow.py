@@ -38,12 +38,12 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
 
 
 def test_gguf_variants_rank_by_kld_and_the_imatrix_helps(out):
-    run_cli("build", "--config", str(CONFIG), "--out", str(out), "--filter", "format=gguf", "--all", check=True)
-    checks = {name: json.loads((out / name / "report.json").read_text())["checks"]
-              for name in ("gguf-q8_0", "gguf-q6_k", "gguf-q4_k_m", "gguf-i1-q4_k_m", "gguf-q4_0")}
+    names = ("gguf-q8_0", "gguf-q4_k_m", "gguf-i1-q4_k_m")
+    run_cli("build", "--config", str(CONFIG), "--out", str(out), *(a for n in names for a in ("--variant", n)), check=True)
+    checks = {name: json.loads((out / name / "report.json").read_text())["checks"] for name in names}
     for name, c in checks.items():
         print(f"{name}: ppl {c['ppl']:.3f} (x{c['ppl_ratio']:.3f}) KLD {c['mean_kld']:.4f} top-1 {c['top1_agreement']:.3f}")
-    assert checks["gguf-q8_0"]["mean_kld"] < checks["gguf-q6_k"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
+    assert checks["gguf-q8_0"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
     assert checks["gguf-i1-q4_k_m"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
     assert "Paris" in checks["gguf-q8_0"]["replies"][0]["reply"]
     table = run_cli("report", "--config", str(CONFIG), "--out", str(out), check=True).stdout
@@ -77,3 +77,20 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
     assert np.abs(got - ref).max() / np.abs(ref).max() < 0.02
     hf_next = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
     assert gguf_greedy(llm, ids, 12) == hf_next
+
+
+def test_smollm2_awq_with_short_calibration(tmp_path):
+    """AWQ on the real model (16 x 256 calibration tokens: the full 128 x 512 takes ~25 min on 2 cores)."""
+    import yaml
+
+    doc = yaml.safe_load(CONFIG.read_text())
+    doc["variants"] = [{"format": "awq", "bits": 4, "group_size": 64, "samples": 16, "seq_len": 256}]
+    config = tmp_path / "awq.yaml"  # recipes and eval files resolve from the project's own folders
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run_cli("build", "--config", str(config), "--all", "--out", str(tmp_path / "out"), check=True)
+    report = json.loads((tmp_path / "out" / "awq-4bit-64g" / "report.json").read_text())
+    checks = report["checks"]
+    print(f"SmolLM2 awq-4bit-64g (16 x 256 calibration): ppl {checks['ppl']:.2f} (x{checks['ppl_ratio']:.3f}), "
+          f"KLD {checks['mean_kld']:.4f}, quantize {report['stages']['quantize']['seconds']:.0f} s")
+    assert report["status"] == "passed" and checks["ppl_ratio"] < 1.45
+    assert "Paris" in checks["replies"][0]["reply"]
