@@ -49,10 +49,10 @@ def template_problem(template: str, default_system: str, tokenizer) -> str | Non
     messages = ([{"role": "system", "content": default_system}] if "{system}" in template else []) + [
         {"role": "user", "content": probe.prompt}]
     theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if tokenizer.bos_token and theirs.startswith(tokenizer.bos_token):
-        theirs = theirs[len(tokenizer.bos_token):]
     ours = render(template, probe, default_system)
-    if ours == theirs:
+    # Some templates write the BOS text themselves, which the tokenizer then adds as a token.
+    bos = tokenizer.bos_token or ""
+    if ours == theirs or (bos and theirs.startswith(bos) and ours == theirs[len(bos):]):
         return None
     at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     return (f"prompt_template disagrees with the tokenizer's chat template at character {at}: "
@@ -68,6 +68,8 @@ def reply_problems(reply: str, token_ids: list[int], template: str) -> list[str]
         problems.append(f"template leak: {', '.join(leaked)} in the reply")
     if len(token_ids) >= 16:
         grams = [tuple(token_ids[i:i + 4]) for i in range(len(token_ids) - 3)]
-        if len(set(grams)) / len(grams) < 0.35:
+        long = [tuple(token_ids[i:i + 8]) for i in range(len(token_ids) - 7)]
+        # Few distinct 4-grams (a short loop), or one 8-token phrase three times (a long loop).
+        if len(set(grams)) / len(grams) < 0.35 or max(long.count(g) for g in set(long)) >= 3:
             problems.append("degenerate repetition")
     return problems

@@ -97,6 +97,8 @@ def test_reply_problems():
     looping = [5, 6, 7, 8] * 8
     assert reply_problems("Paris Paris Paris", looping, template) == ["degenerate repetition"]
     assert reply_problems("The capital of France is Paris.", list(range(20)), template) == []
+    phrase = list(range(100, 110))  # a 10-token phrase said three times, with other words around
+    assert reply_problems("Hola...", [1, 2] + phrase + [3] + phrase + [4, 5] + phrase, template) == ["degenerate repetition"]
 
 
 def test_report_table_json_and_plot(built):
