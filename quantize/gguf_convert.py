@@ -63,9 +63,9 @@ def convert(model_dir: Path, out_file: Path, outtype: str, meta: ModelMeta) -> N
     file_type, tensor_type = OUTTYPES[outtype]
 
     writer = gguf.GGUFWriter(out_file, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], use_temp_file=True)
-    _write_hparams(writer, config, file_type)
-    _write_general(writer, meta)
-    _write_vocab(writer, model_dir, config["vocab_size"])
+    write_hparams(writer, config, file_type)
+    write_general(writer, meta)
+    write_vocab(writer, model_dir, config["vocab_size"])
     _write_tensors(writer, model_dir, config, tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -73,7 +73,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str, meta: ModelMeta) -> N
     writer.close()
 
 
-def _write_hparams(writer: gguf.GGUFWriter, config: dict, file_type: gguf.LlamaFileType) -> None:
+def write_hparams(writer: gguf.GGUFWriter, config: dict, file_type: gguf.LlamaFileType) -> None:
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
     rope = config.get("rope_parameters") or {}
@@ -97,7 +97,7 @@ def _write_hparams(writer: gguf.GGUFWriter, config: dict, file_type: gguf.LlamaF
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _write_general(writer: gguf.GGUFWriter, meta: ModelMeta) -> None:
+def write_general(writer: gguf.GGUFWriter, meta: ModelMeta) -> None:
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(meta.name)
     if meta.quantized_by:
@@ -112,7 +112,7 @@ def _write_general(writer: gguf.GGUFWriter, meta: ModelMeta) -> None:
             writer.add_base_model_repo_url(0, f"https://huggingface.co/{meta.base_model}")
 
 
-def _write_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
+def write_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
     if (model_dir / "tokenizer.model").is_file():
         tokens, scores, types = _sentencepiece_vocab(model_dir, vocab_size)
         writer.add_tokenizer_model("llama")

@@ -130,14 +130,14 @@ def write_skeleton(config: dict, path: Path, header_from: Path | None = None) ->
     With `header_from` (a checkpoint folder with tokenizer files), the metadata is the
     real converter's, so the header size matches the file a build writes.
     """
-    from .gguf_convert import OUTTYPES, ModelMeta, _write_general, _write_hparams, _write_vocab
+    from .gguf_convert import OUTTYPES, ModelMeta, write_general, write_hparams, write_vocab
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    _write_hparams(writer, config, OUTTYPES["F16"][0])
+    write_hparams(writer, config, OUTTYPES["F16"][0])
     if header_from is not None:
-        _write_general(writer, ModelMeta(name="skeleton"))
-        _write_vocab(writer, header_from, config["vocab_size"])
+        write_general(writer, ModelMeta(name="skeleton"))
+        write_vocab(writer, header_from, config["vocab_size"])
     layout = []
     for t in model_tensors(config):
         name = names.get_name(t.name, try_suffixes=(".weight",))
