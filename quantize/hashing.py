@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,3 @@ def tree_sha256(folder: Path, names: list[str] | None = None) -> str:
 
 def short(digest: str) -> str:
     return digest[:16]
-
-
-def environ_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
