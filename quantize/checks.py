@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pydantic import BaseModel
 
 from .evalset import EvalStats, eval_set, find_eval
 from .gates import Verdict, judge, load_gates
 from .hashing import sha256_json, short
 from .measure import Stages
-from .paths import cache_dir, write_atomic
+from .paths import cache_dir
 from .shapes import needs_slow_cpu_kernel
 from .scoring import Reference, Scores, gguf_logits_fn, hf_logits_fn, reference, score
 from .smoke import Reply, load_suite, render, reply_problems, template_problem
@@ -29,6 +31,7 @@ class Memory(BaseModel):
     peak_rss_bytes: int | None
     peak_cuda_bytes: int | None = None
     load_cuda_bytes: int | None = None
+    forward_cuda_bytes: int | None = None  # one batch-1 forward at the variant's sequence length
     predicted_load_bytes: int | None = None
     predicted_run_bytes: int | None = None
     max_ram_required_bytes: int | None = None  # GGUF, as publishers state it: file + 2.5 GB
@@ -48,10 +51,6 @@ class CheckReport(BaseModel):
     replies: list[Reply]
     verdicts: list[Verdict]
     passed: bool
-
-
-class BaseScores(BaseModel):
-    scores: Scores
 
 
 def _device() -> str:
@@ -85,20 +84,16 @@ class Checker:
 
             es = self.evalset()
             key = short(sha256_json({"base": self.builder.base.hash, "eval": es.stats.hash}))
-            folder = cache_dir() / "reference"
-            ref_file, scores_file = folder / f"{key}.npz", folder / f"{key}.json"
-            if ref_file.is_file() and scores_file.is_file():
+            ref_file = cache_dir() / "reference" / f"{key}.npz"
+            if ref_file.is_file():
                 log.info("base log-probs: cache hit %s", key)
-                self._base = (BaseScores.model_validate_json(scores_file.read_text()).scores, Reference.load(ref_file))
+                ref = Reference.load(ref_file)
             else:
                 log.info("base log-probs: scoring the base model on %d windows of %d", *es.windows.shape)
-                fn = hf_logits_fn(self.builder.base.path, _device(), dtype=torch.float32)
-                ref = reference(es.windows, fn)
-                scores = score(es.windows, fn, desc="base perplexity")
-                folder.mkdir(parents=True, exist_ok=True)
+                ref = reference(es.windows, hf_logits_fn(self.builder.base.path, _device(), dtype=torch.float32))
+                ref_file.parent.mkdir(parents=True, exist_ok=True)
                 ref.save(ref_file)
-                write_atomic(scores_file, BaseScores(scores=scores).model_dump_json().encode())
-                self._base = (scores, ref)
+            self._base = (ref.scores(), ref)
         return self._base
 
     def check(self, variant, folder: Path) -> CheckReport:
@@ -121,12 +116,14 @@ class Checker:
                 dtype = torch.bfloat16 if _device() == "cpu" else None
                 fn = hf_logits_fn(folder, _device(), dtype=dtype, **self._load_kwargs(variant))
                 load_cuda = torch.cuda.max_memory_allocated() if cuda else None
+            row = self.builder.planner().row(variant)
+            forward_cuda = self._cuda_forward_peak(fn, es.windows, row.seq_len) if cuda and load_cuda is not None else None
             scores = score(es.windows, fn, ref, desc=f"score {variant.name}")
             replies = self._smoke(variant, fn)
         measured = stages.measures["check"]
-        row = self.builder.planner().row(variant)
         memory = Memory(
             peak_rss_bytes=measured.peak_rss_bytes, peak_cuda_bytes=measured.peak_cuda_bytes, load_cuda_bytes=load_cuda,
+            forward_cuda_bytes=forward_cuda,
             predicted_load_bytes=row.load_bytes, predicted_run_bytes=row.run_bytes,
             max_ram_required_bytes=row.load_bytes if variant.format == "gguf" else None,
         )
@@ -143,6 +140,17 @@ class Checker:
             top1_agreement=scores.top1_agreement, memory=memory, template_problem=problem, replies=replies,
             verdicts=verdicts, passed=all(v.passed for v in verdicts),
         )
+
+    @staticmethod
+    def _cuda_forward_peak(fn, windows, seq_len: int) -> int:
+        """Peak allocated CUDA memory of one batch-1 forward at the variant's sequence length, after loading."""
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        ids = torch.from_numpy(np.resize(windows.ravel(), seq_len)).unsqueeze(0).to(fn.model.device)
+        with torch.no_grad():
+            fn.model(ids)
+        return torch.cuda.max_memory_allocated()
 
     def _load_kwargs(self, variant) -> dict:
         """On a CPU, 4-bit GPTQ layouts the fast int4 kernel refuses load with gptqmodel's torch backend."""

@@ -40,6 +40,11 @@ class Reference:
         np.savez(tmp, target_lp=self.target_lp, top_ids=self.top_ids, top_lp=self.top_lp)
         tmp.replace(path)
 
+    def scores(self) -> "Scores":
+        """The base model's own perplexity, from the exact target log-probabilities kept here."""
+        mean_nll = float(-self.target_lp.mean())
+        return Scores(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=int(self.target_lp.size))
+
     @classmethod
     def load(cls, path: Path) -> "Reference":
         with np.load(path) as data:
