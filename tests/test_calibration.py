@@ -106,3 +106,15 @@ def test_hub_recipe_uses_local_copy_when_present(tmp_path, wiki_texts):
     path.write_text(yaml.safe_dump(recipe))
     docs, where = collect_text(load_recipe(path))
     assert docs == wiki_texts[:20] and where.startswith("local copy of wikitext")
+
+
+def test_not_enough_disk_is_one_line_before_any_write(tmp_path):
+    from quantize.errors import DiskFullError
+    from quantize.paths import require_free_space
+
+    with pytest.raises(DiskFullError) as info:
+        require_free_space(tmp_path / "out", 10**18, "variant gptq-4bit-32g")
+    message = str(info.value)
+    assert "variant gptq-4bit-32g needs about 1000000000.00 GB" in message and "GB is free" in message
+    assert "pass --out" in message and "\n" not in message
+    assert not any((tmp_path / "out").iterdir())
