@@ -1,5 +1,5 @@
-"""AWQ on the real SmolLM2: gptqmodel's AWQ scale search is slow on a CPU (more than 8 minutes even
-with 16 x 256 calibration tokens on 2 cores, about 25 with the full 128 x 512), so this test is
+"""AWQ on the real SmolLM2: gptqmodel's AWQ scale search is slow on a CPU (839 s with 16 x 256
+calibration tokens on 2 shared cores, about 25 minutes with the full 128 x 512), so this test is
 outside CI's time budget: run it with `pytest -m very_slow`, or on a GPU machine."""
 
 from __future__ import annotations
