@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 OUTPUT_LAYOUT = 1
 
 HF_ENGINES = {"gptq": quantize_gptq, "awq": quantize_awq}
-FORMATS = ("gptq", "awq", "gguf")
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     import json
 
     from .errors import AssetError
+    from .plan import runner
     from .selection import select
 
     project = load_config(args.config)
@@ -102,7 +103,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         row = planned.get(v.name)
         include.append({
             "variant": v.name, "branch": v.branch, "format": v.format,
-            "runner": row.runner if row else ("cpu" if v.format == "gguf" and not v.spec.imatrix else "gpu"),
+            "runner": runner(v),
             "memory_gb": None if row is None or row.run_bytes is None else round(row.run_bytes / 1e9, 2),
         })
     if args.format == "github":

@@ -44,17 +44,17 @@ def f16_gguf(base: ResolvedBase, meta: ModelMeta) -> Path:
     return path
 
 
-def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> tuple[dict, str]:
+def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
     key = short(sha256_json({"base": base.hash, "calibration": calib.stats.hash}))
     path = cache_dir() / "imatrix" / f"{key}.npz"
     if path.is_file():
         log.info("imatrix: cache hit %s", key)
-        return load_imatrix(path), key
+        return load_imatrix(path)
     log.info("imatrix: computing from %d x %d calibration tokens", *calib.input_ids.shape)
     matrix = compute_imatrix(base.path, calib.input_ids)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_imatrix(path, matrix)
-    return matrix, key
+    return matrix
 
 
 def build_gguf(base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None,
@@ -72,7 +72,7 @@ def build_gguf(base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: Calib
     matrix = None
     if calib is not None:
         with stages.stage("imatrix"):
-            matrix, _ = cached_imatrix(base, calib)
+            matrix = cached_imatrix(base, calib)
     with stages.stage("quantize"):
         quantize_file(f16, target, spec.quant_type, matrix)
     return EngineResult(device="cpu", dtype=spec.quant_type)

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import naming
 from .calibration import load_recipe
 from .config import AWQSpec, GGUFSpec, GPTQSpec, Project, Variant
 from .errors import EngineError
@@ -55,6 +56,11 @@ def workspace_bytes(config: dict, seq_len: int) -> int:
     """One forward at batch 1: fp32 logits plus one layer's fp16 activations (attention and MLP)."""
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     return seq_len * config["vocab_size"] * 4 + seq_len * (4 * hidden + 3 * inter) * 2
+
+
+def runner(variant: Variant) -> str:
+    """GPTQ/AWQ, and GGUF with an importance matrix, run a model forward: a GPU runner. Plain GGUF: CPU."""
+    return "cpu" if isinstance(variant.spec, GGUFSpec) and not variant.spec.imatrix else "gpu"
 
 
 def clients(spec) -> list[str]:
@@ -106,12 +112,12 @@ class Planner:
             size, notes = None, [str(err)]
         if isinstance(spec, GGUFSpec):
             seq_len = DEFAULT_RUN_SEQ_LEN
-            file = f"{self.project.config.base_model.display_name}.{'i1-' if spec.imatrix else ''}{spec.quant_type}.gguf"
+            file = naming.gguf_file_name(self.project.config.base_model.display_name, spec.quant_type,
+                                         imatrix=spec.imatrix is not None)
             work = "F16 conversion (shared)"
             if spec.imatrix:
                 recipe = self._recipe(spec.imatrix)
                 work += f"; imatrix on {recipe.samples} x {recipe.seq_len} tokens of {spec.imatrix}"
-            runner = "gpu" if spec.imatrix else "cpu"
             load = None if size is None else size + GGUF_RAM_OVERHEAD
         else:
             recipe = self._recipe(variant.calibration)
@@ -119,11 +125,10 @@ class Planner:
             samples = spec.samples or recipe.samples
             file = "model.safetensors"
             work = f"{samples} x {seq_len} tokens of {variant.calibration}"
-            runner = "gpu"
             load = size
         run = None if load is None else load + kv_cache_bytes(self.config, seq_len) + workspace_bytes(self.config, seq_len)
         bpw = None if size is None else round(8 * size / self.params, 2)
-        return PlanRow(variant, file, size, bpw, seq_len, load, run, clients(spec), work, runner, notes)
+        return PlanRow(variant, file, size, bpw, seq_len, load, run, clients(spec), work, runner(variant), notes)
 
     def rows(self, variants: list[Variant]) -> list[PlanRow]:
         return [self.row(v) for v in variants]

@@ -124,8 +124,16 @@ def _gguf_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> in
     return math.prod(shape) // block * size
 
 
+def _f16_file_type(shape: tuple[int, ...], file_type: str) -> gguf.GGMLQuantizationType:
+    """The tensor type an unquantized GGUF of `file_type` (F16, BF16, F32) holds: 1-D tensors stay F32."""
+    return gguf.GGMLQuantizationType.F32 if len(shape) == 1 else gguf.GGMLQuantizationType[file_type]
+
+
 def write_skeleton(config: dict, path: Path, header_from: Path | None = None) -> tuple[list, int]:
     """An F16 GGUF with the model's metadata and tensor table but no data (a sparse file).
+
+    Returns the tensor layout (GGUF name, shape) and where tensor data starts (the header's
+    padded size).
 
     With `header_from` (a checkpoint folder with tokenizer files), the metadata is the
     real converter's, so the header size matches the file a build writes.
@@ -138,26 +146,23 @@ def write_skeleton(config: dict, path: Path, header_from: Path | None = None) ->
     if header_from is not None:
         write_general(writer, ModelMeta(name="skeleton"))
         write_vocab(writer, header_from, config["vocab_size"])
-    layout = []
+    layout, data_bytes = [], 0
     for t in model_tensors(config):
         name = names.get_name(t.name, try_suffixes=(".weight",))
-        qtype = gguf.GGMLQuantizationType.F32 if len(t.shape) == 1 else gguf.GGMLQuantizationType.F16
-        dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
+        qtype = _f16_file_type(t.shape, "F16")
         nbytes = _gguf_nbytes(t.shape, qtype)
+        dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
         writer.add_tensor_info(name, t.shape, np.dtype(dtype), nbytes)
         layout.append((name, t.shape))
+        data_bytes += gguf.GGUFWriter.ggml_pad(nbytes, writer.data_alignment)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     fout = writer.fout[0] if isinstance(writer.fout, list) else writer.fout
     data_start = gguf.GGUFWriter.ggml_pad(fout.tell(), writer.data_alignment)
-    header_bytes = fout.tell()
     writer.close()
-    total = data_start + sum(gguf.GGUFWriter.ggml_pad(_gguf_nbytes(s, gguf.GGMLQuantizationType.F32 if len(s) == 1
-                                                                     else gguf.GGMLQuantizationType.F16), 32)
-                             for _, s in layout)
-    os.truncate(path, total)
-    return layout, header_bytes
+    os.truncate(path, data_start + data_bytes)
+    return layout, data_start
 
 
 def llama_cpp_tensor_types(skeleton: Path, quant_type: str, imatrix: bool = False) -> dict[str, str]:
@@ -199,13 +204,14 @@ def predict_gguf_many(config: dict, quant_types: list[str], header_from: Path | 
         return {}
     with tempfile.TemporaryDirectory() as tmp:
         skeleton = Path(tmp) / "skeleton.F16.gguf"
-        layout, header = write_skeleton(config, skeleton, header_from)
+        layout, data_start = write_skeleton(config, skeleton, header_from)
         shapes = dict(layout)
         out = {}
         for quant_type in quant_types:
-            types = llama_cpp_tensor_types(skeleton, quant_type) if quant_type not in ("F16", "F32", "BF16") else {
-                name: ("F32" if len(s) == 1 or quant_type == "F32" else quant_type) for name, s in layout}
-            data = sum(gguf.GGUFWriter.ggml_pad(_gguf_nbytes(shapes[n], gguf.GGMLQuantizationType[t]), 32)
-                       for n, t in types.items())
-            out[quant_type] = gguf.GGUFWriter.ggml_pad(header, 32) + data
+            if quant_type in ("F16", "F32", "BF16"):
+                types = {name: _f16_file_type(shape, quant_type) for name, shape in layout}
+            else:
+                types = {n: gguf.GGMLQuantizationType[t] for n, t in llama_cpp_tensor_types(skeleton, quant_type).items()}
+            out[quant_type] = data_start + sum(
+                gguf.GGUFWriter.ggml_pad(_gguf_nbytes(shapes[n], t), gguf.GGUF_DEFAULT_ALIGNMENT) for n, t in types.items())
         return out
