@@ -1,4 +1,4 @@
-"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build, check, report.
+"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build, check, report, card, publish, serve.
 
 Every QuantizeError becomes one line on stderr and a non-zero exit; tracebacks are for
 bugs, not for bad input.
@@ -160,6 +160,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from .card import write_cards
+
+    project = load_config(args.config)
+    folders = write_cards(project, Path(args.out))
+    if not folders:
+        raise QuantizeError(f"{args.out}: no variant of {project.path.name} has passed its checks; "
+                            "run `python -m quantize build` (which checks) first")
+    for repo, folder in folders.items():
+        print(f"{repo:40s} {folder / 'README.md'}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import Publisher
+
+    project = load_config(args.config)
+    variants = _selected(project, args)
+    if args.git:
+        from .git_remote import GitTransport
+
+        transport = GitTransport(args.git)
+    else:
+        from .hub_api import HubTransport
+
+        transport = HubTransport(args.endpoint)
+    records = Publisher(project, Path(args.out), transport).publish_all(variants)
+    for record in records:
+        for t in record.targets:
+            what = (f"uploaded {len(t.uploaded)} file(s), deleted {len(t.deleted)}" if t.uploaded or t.deleted
+                    else "up to date, nothing uploaded")
+            print(f"{record.variant:24s} {t.repo}@{t.branch}: {what}; {t.verified} file(s) verified")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .mirror_server import serve_forever
+
+    return serve_forever(Path(args.mirror), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m quantize", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -196,6 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="output root (default: %(default)s)")
     p.add_argument("--markdown", action="store_true", help="print the Markdown table")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("card", help="write README.md for every output repo from the reports (OUT/cards/)")
+    _add_config(p)
+    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("publish", help="push checked variants to their hub branches, with the card, and verify")
+    _add_config(p)
+    p.add_argument("--variant", action="append", help="short or branch name; repeatable")
+    p.add_argument("--all", action="store_true", help="every variant in the config (all must have passed)")
+    _add_selection(p)
+    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", default=None,
+                       help="hub URL for the HTTP API (default: HF_ENDPOINT or https://huggingface.co)")
+    where.add_argument("--git", metavar="ROOT",
+                       help="push over git instead: a local mirror folder (served by `serve`) or a URL prefix")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("serve", help="serve a local mirror folder to huggingface_hub clients (read-only, via olah)")
+    p.add_argument("--mirror", default="out/hub", help="folder `publish --git` wrote (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

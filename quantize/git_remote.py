@@ -1,0 +1,121 @@
+"""The git transport: the same publish over plain git, for users without the HTTP API.
+
+A remote root is either a local folder, laid out as a hub mirror
+(`ROOT/models/OWNER/NAME`, bare repositories created on first push, which
+`python -m quantize serve` exposes to huggingface_hub clients), or a git URL prefix
+(`ssh://git@host/models`, `https://huggingface.co`) to which `/OWNER/NAME` is appended.
+Commits are built with git plumbing in a scratch repository in the cache (no working
+tree, no checkout of other branches) and pushed by commit id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .paths import cache_dir
+from .publish import LocalFile, PublishError, RemoteFile
+
+log = logging.getLogger(__name__)
+
+IDENTITY = {"GIT_AUTHOR_NAME": "quantize", "GIT_AUTHOR_EMAIL": "quantize@localhost",
+            "GIT_COMMITTER_NAME": "quantize", "GIT_COMMITTER_EMAIL": "quantize@localhost"}
+HUB_LFS_LIMIT = 10 * 1024 * 1024  # huggingface.co rejects plain git blobs above this
+
+
+def _is_url(root: str) -> bool:
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", root)) or bool(re.match(r"^[^/]+@[^:]+:", root))
+
+
+def _redact(text: str) -> str:
+    """URLs may carry credentials (https://user:token@host): never print them."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+
+
+class GitTransport:
+    name = "git"
+
+    def __init__(self, root: str | Path):
+        if shutil.which("git") is None:
+            raise PublishError("git is not installed; fix: install git, or publish over HTTP without --git")
+        self.root = str(root)
+        self.local = not _is_url(self.root)
+        self.where = _redact(self.root if not self.local else str(Path(self.root).resolve()))
+        self.scratch = cache_dir() / "git-scratch"
+
+    def url(self, repo: str) -> str:
+        if self.local:
+            return str(Path(self.root).resolve() / "models" / repo)
+        return f"{self.root.rstrip('/')}/{repo}"
+
+    def _git(self, *args: str, git_dir: Path | None = None, env: dict | None = None, check: bool = True) -> str:
+        cmd = ["git"] + (["--git-dir", str(git_dir)] if git_dir else []) + list(args)
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **IDENTITY, **(env or {})})
+        if check and done.returncode != 0:
+            what = _redact(" ".join(a for a in args if not a.startswith("-")))[:120]
+            raise PublishError(f"git {what}: {_redact(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed')}")
+        return done.stdout
+
+    def _scratch(self, repo: str) -> Path:
+        path = self.scratch / repo.replace("/", "__")
+        if not (path / "HEAD").exists():
+            path.mkdir(parents=True, exist_ok=True)
+            self._git("init", "--quiet", "--bare", str(path))
+        return path
+
+    def _head(self, repo: str, branch: str) -> str | None:
+        """Fetch the branch into the scratch repository; its commit id, or None when it does not exist."""
+        scratch = self._scratch(repo)
+        line = self._git("ls-remote", self.url(repo), f"refs/heads/{branch}", git_dir=scratch).split()
+        if not line:
+            return None
+        self._git("fetch", "--quiet", "--no-tags", self.url(repo), f"+refs/heads/{branch}:refs/remotes/r/{branch}",
+                  git_dir=scratch)
+        return line[0]
+
+    def prepare(self, repo: str, branch: str) -> None:
+        if self.local:
+            bare = Path(self.url(repo))
+            if not (bare / "HEAD").exists():
+                bare.mkdir(parents=True, exist_ok=True)
+                self._git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+                log.info("created %s", bare)
+
+    def listing(self, repo: str, branch: str) -> dict[str, RemoteFile]:
+        head = self._head(repo, branch)
+        if head is None:
+            return {}
+        out = {}
+        for line in self._git("ls-tree", "-r", "-l", "-z", head, git_dir=self._scratch(repo)).split("\0"):
+            if line:
+                meta, path = line.split("\t", 1)
+                _mode, _kind, oid, size = meta.split()
+                out[path] = RemoteFile(path=path, size=int(size), sha256=None, oid=oid)
+        return out
+
+    def commit(self, repo: str, branch: str, add: list[LocalFile], delete: list[str], message: str) -> str:
+        if not self.local and "huggingface.co" in self.root:
+            big = [f.path for f in add if f.size > HUB_LFS_LIMIT]
+            if big:
+                raise PublishError(f"{self.where}: {', '.join(big)} exceed 10 MB, which the hub only takes through "
+                                   "LFS; fix: publish over HTTP (drop --git), which uploads large files for you")
+        scratch = self._scratch(repo)
+        parent = self._head(repo, branch)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            if parent:
+                self._git("read-tree", parent, git_dir=scratch, env=env)
+            for path in delete:
+                self._git("update-index", "--force-remove", path, git_dir=scratch, env=env)
+            for f in add:
+                oid = self._git("hash-object", "-w", str(f.source), git_dir=scratch).strip()
+                self._git("update-index", "--add", "--cacheinfo", f"100644,{oid},{f.path}", git_dir=scratch, env=env)
+            tree = self._git("write-tree", git_dir=scratch, env=env).strip()
+        commit = self._git("commit-tree", tree, *(["-p", parent] if parent else []), "-m", message, git_dir=scratch).strip()
+        self._git("push", "--quiet", self.url(repo), f"{commit}:refs/heads/{branch}", git_dir=scratch)
+        return commit

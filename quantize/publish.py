@@ -1,0 +1,218 @@
+"""`publish`: put a checked variant on its hub branch (and on `main` where it belongs), verified.
+
+The rules live here and the wire lives in a transport (`hub_api` over the HTTP API,
+`git_remote` over git): what goes where, what changed since the last push, and whether
+the remote now holds exactly the bytes report.json describes. A variant that did not
+pass its checks is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from .card import PLOT_NAME, card_dir, write_cards
+from .config import Project, Variant
+from .errors import QuantizeError
+from .hashing import file_sha256
+from .outputs import write_json
+from .report import Report, now, read_report
+
+log = logging.getLogger(__name__)
+
+KEEP = (".gitattributes",)  # hub-managed files a publish never deletes
+
+
+class PublishError(QuantizeError):
+    """The remote does not hold what was sent, or the hub refused the operation."""
+
+
+class PublishRefused(QuantizeError):
+    """The variant is not publishable (not built, not checked, failed its gates, or changed since)."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str  # path in the repo
+    source: Path
+    size: int
+    sha256: str
+
+    def git_oid(self) -> str:
+        """The git blob id of the content: what a remote lists for a file not stored in LFS."""
+        digest = hashlib.sha1(b"blob %d\0" % self.size)
+        with open(self.source, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # LFS files: the content's sha256
+    oid: str  # git blob id (of the content, or of the LFS pointer)
+
+
+@dataclass(frozen=True)
+class Target:
+    repo: str
+    branch: str
+    exclusive: bool  # remote files outside the set are deleted (a variant's own branch)
+
+
+class Transport(Protocol):
+    name: str
+    where: str  # endpoint or remote root, never with credentials
+
+    def prepare(self, repo: str, branch: str) -> None: ...
+    def listing(self, repo: str, branch: str) -> dict[str, RemoteFile]: ...
+    def commit(self, repo: str, branch: str, add: list[LocalFile], delete: list[str], message: str) -> str: ...
+
+
+class TargetRecord(BaseModel):
+    repo: str
+    branch: str
+    commit: str | None
+    uploaded: list[str]
+    deleted: list[str]
+    verified: int
+
+
+class PublishRecord(BaseModel):
+    """published/BRANCH.json: what the last publish of a variant sent where."""
+
+    variant: str
+    transport: str
+    where: str
+    inputs_hash: str
+    published_at: str
+    targets: list[TargetRecord]
+
+    @property
+    def changed(self) -> bool:
+        return any(t.uploaded or t.deleted for t in self.targets)
+
+
+def same(local: LocalFile, remote: RemoteFile | None) -> bool:
+    if remote is None or remote.size != local.size:
+        return False
+    return remote.sha256 == local.sha256 if remote.sha256 else remote.oid == local.git_oid()
+
+
+def changes(files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool) -> tuple[list[LocalFile], list[str]]:
+    """What to upload and what to delete so the remote matches `files`."""
+    upload = [f for f in files if not same(f, remote.get(f.path))]
+    wanted = {f.path for f in files}
+    delete = sorted(p for p in remote if exclusive and p not in wanted and p not in KEEP)
+    return upload, delete
+
+
+def mismatches(files: list[LocalFile], remote: dict[str, RemoteFile]) -> list[str]:
+    problems = []
+    for f in files:
+        r = remote.get(f.path)
+        if r is None:
+            problems.append(f"{f.path} is missing")
+        elif r.size != f.size:
+            problems.append(f"{f.path} has {r.size} bytes, report.json says {f.size}")
+        elif r.sha256 and r.sha256 != f.sha256:
+            problems.append(f"{f.path} has sha256 {r.sha256[:12]}..., report.json says {f.sha256[:12]}...")
+        elif not r.sha256 and r.oid != f.git_oid():
+            problems.append(f"{f.path} has different content (git blob {r.oid[:12]}...)")
+    return problems
+
+
+def targets(variant: Variant) -> list[Target]:
+    """The variant's own branch; `main` for a format's default; every GGUF file also on the GGUF repo's main."""
+    out = [Target(variant.repo, variant.branch, exclusive=True)]
+    if variant.format == "gguf":
+        out.append(Target(variant.repo, "main", exclusive=False))
+    elif variant.default:
+        out.append(Target(variant.repo, "main", exclusive=True))
+    return out
+
+
+def publishable(variant: Variant, folder: Path) -> Report:
+    """The variant's report, if it may be published; otherwise a refusal that says what to run."""
+    report = read_report(folder)
+    if report is None:
+        raise PublishRefused(f"{variant.name}: not built in {folder}; run `python -m quantize build --variant {variant.name}`")
+    if report.status == "built":
+        raise PublishRefused(f"{variant.name}: built but not checked; run `python -m quantize check --variant {variant.name}` first")
+    if report.status == "failed":
+        failed = [v.gate for v in report.checks.verdicts if not v.passed] if report.checks else []
+        raise PublishRefused(f"{variant.name}: failed its gates ({', '.join(failed) or 'checks'}); a variant that fails "
+                             "its checks is never published (fix: change the variant or its gate in eval/, rebuild, check)")
+    for f in report.files:
+        path = folder / f.path
+        if not path.is_file() or path.stat().st_size != f.size or file_sha256(path) != f.sha256:
+            raise PublishRefused(f"{folder / f.path}: differs from report.json since it was checked; "
+                                 f"rebuild with `python -m quantize build --variant {variant.name} --force`")
+    return report
+
+
+def _local_files(folder: Path, report: Report, card: Path | None) -> list[LocalFile]:
+    files = [LocalFile(f.path, folder / f.path, f.size, f.sha256) for f in report.files]
+    if card is not None:
+        for name in ("README.md", PLOT_NAME):
+            path = card / name
+            if path.is_file():
+                files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path)))
+    return files
+
+
+class Publisher:
+    def __init__(self, project: Project, out_root: Path, transport: Transport):
+        self.project, self.out_root, self.transport = project, Path(out_root), transport
+        self._cards: dict[str, Path] | None = None
+
+    def cards(self) -> dict[str, Path]:
+        if self._cards is None:
+            self._cards = write_cards(self.project, self.out_root)
+        return self._cards
+
+    def publish_all(self, variants: list[Variant]) -> list[PublishRecord]:
+        """Refuse before sending anything if any named variant is not publishable."""
+        reports = {v.name: publishable(v, self.out_root / v.branch) for v in variants}
+        return [self.publish(v, reports[v.name]) for v in variants]
+
+    def publish(self, variant: Variant, report: Report | None = None) -> PublishRecord:
+        folder = self.out_root / variant.branch
+        report = report or publishable(variant, folder)
+        card = self.cards().get(variant.repo) or card_dir(self.out_root, variant.repo)
+        files = _local_files(folder, report, card if card.is_dir() else None)
+        records = []
+        for target in targets(variant):
+            records.append(self._push(target, files, f"{variant.name}: {report.inputs_hash[:12]}"))
+        record = PublishRecord(variant=variant.name, transport=self.transport.name, where=self.transport.where,
+                               inputs_hash=report.inputs_hash, published_at=now(), targets=records)
+        write_json(self.out_root / "published" / f"{variant.branch}.json", record.model_dump(mode="json"))
+        return record
+
+    def _push(self, target: Target, files: list[LocalFile], message: str) -> TargetRecord:
+        t = self.transport
+        where = f"{target.repo}@{target.branch}"
+        t.prepare(target.repo, target.branch)
+        upload, delete = changes(files, t.listing(target.repo, target.branch), target.exclusive)
+        commit = None
+        if upload or delete:
+            size = sum(f.size for f in upload)
+            log.info("%s: uploading %d file(s), %.1f MB; deleting %d", where, len(upload), size / 1e6, len(delete))
+            commit = t.commit(target.repo, target.branch, upload, delete, message)
+        else:
+            log.info("%s: up to date, nothing uploaded", where)
+        remote = t.listing(target.repo, target.branch)
+        problems = mismatches(files, remote)
+        if target.exclusive:
+            problems += [f"{p} should not be there" for p in remote if p not in {f.path for f in files} | set(KEEP)]
+        if problems:
+            raise PublishError(f"{t.where} {where}: after upload, {'; '.join(problems)}")
+        return TargetRecord(repo=target.repo, branch=target.branch, commit=commit, uploaded=[f.path for f in upload],
+                            deleted=delete, verified=len(files))

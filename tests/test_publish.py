@@ -1,0 +1,188 @@
+"""Publishing for real: the tiny model's variants pushed to a local hub and downloaded back by revision.
+
+Two servers, both on 127.0.0.1 and stopped by the tests: `localhub` (tests/localhub.py)
+speaks the write endpoints HfApi uses; olah serves what the git transport pushed into a
+mirror folder. Downloads go through huggingface_hub and the `hf` command, as users do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_GATES, run_cli, write_config
+from localhub import serve
+
+TOKEN = "hf_local_test_token_5bd0a1"
+REPO_GPTQ, REPO_GGUF = "tester/tiny-mistral-GPTQ", "tester/tiny-mistral-GGUF"
+BRANCHES = {"gptq-4bit-32g-actorder_True": REPO_GPTQ, "gptq-8bit-32g-actorder_True": REPO_GPTQ,
+            "gguf-q8_0": REPO_GGUF, "gguf-q4_k_m": REPO_GGUF}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    work = tmp_path_factory.mktemp("publish")
+    variants = [{"format": "gptq", "matrix": {"bits": [4, 8], "group_size": [32]},
+                 "include": [{"bits": 4, "group_size": 32, "default": True}]},
+                {"format": "gguf", "matrix": {"quant_type": ["Q8_0", "Q4_K_M"]}}]
+    config = write_config(work, tiny_model, variants)
+    out = work / "out"
+    run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
+    return {"work": work, "config": config, "out": out, "base": tiny_model}
+
+
+def publish(built, *args: str, token: str = TOKEN, **env) -> subprocess.CompletedProcess:
+    os.environ.update({"HF_TOKEN": token, "QUANTIZE_HUB_BACKOFF": "0.05", **env})
+    try:
+        return run_cli("publish", "--config", str(built["config"]), "--out", str(built["out"]), *args)
+    finally:
+        for key in ("HF_TOKEN", "QUANTIZE_HUB_BACKOFF", *env):
+            os.environ.pop(key, None)
+
+
+def expected_files(built, branch: str) -> dict[str, bytes]:
+    """What a branch must hold: the report's files, and the repo's card and plot."""
+    folder = built["out"] / branch
+    report = json.loads((folder / "report.json").read_text())
+    files = {f["path"]: (folder / f["path"]).read_bytes() for f in report["files"]}
+    card = built["out"] / "cards" / BRANCHES[branch].replace("/", "__")
+    files.update({name: (card / name).read_bytes() for name in ("README.md", "comparison.png")})
+    return files
+
+
+def downloaded(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and ".cache" not in p.parts and p.name != ".gitattributes"}
+
+
+def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    with serve(tmp_path / "hub", TOKEN) as hub:
+        hub.fail_next.update({"create_branch": 1, "preupload": 2})  # transient 503s: retried, not fatal
+        proc = publish(built, "--all", "--endpoint", hub.url)
+        assert proc.returncode == 0, proc.stderr
+        assert "retrying" in proc.stderr and TOKEN not in proc.stdout + proc.stderr
+        routes = [name for name, _ in hub.calls]
+        for route in ("create_repo", "create_branch", "tree", "preupload", "lfs_batch", "lfs_upload", "commit"):
+            assert route in routes, route
+        assert routes.index("create_repo") < routes.index("create_branch") < routes.index("commit")
+
+        for branch, repo in BRANCHES.items():
+            got = downloaded(Path(snapshot_download(repo, revision=branch, endpoint=hub.url, cache_dir=tmp_path / "dl")))
+            assert got == expected_files(built, branch), branch
+        # main of the GPTQ repo is the default variant; main of the GGUF repo holds every GGUF file.
+        main = downloaded(Path(snapshot_download(REPO_GPTQ, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl")))
+        assert main == expected_files(built, "gptq-4bit-32g-actorder_True")
+        gguf_main = downloaded(Path(snapshot_download(REPO_GGUF, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl")))
+        assert {p for p in gguf_main if p.endswith(".gguf")} == {"tiny-mistral.Q8_0.gguf", "tiny-mistral.Q4_K_M.gguf"}
+        card = gguf_main["README.md"].decode()
+        assert "tiny-mistral.Q8_0.gguf" in card and "tiny-mistral.Q4_K_M.gguf" in card
+
+        record = json.loads((built["out"] / "published" / "gguf-q8_0.json").read_text())
+        assert [t["branch"] for t in record["targets"]] == ["gguf-q8_0", "main"]
+        assert TOKEN not in json.dumps(record)
+
+        # Again, unchanged: nothing is uploaded and no commit is made.
+        calls = len(hub.calls)
+        proc = publish(built, "--all", "--endpoint", hub.url)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count("up to date, nothing uploaded") == 7
+        assert not {"commit", "lfs_upload", "lfs_batch"} & {name for name, _ in hub.calls[calls:]}
+
+        # A file removed from the variant's branch by someone else is put back, and only it.
+        from huggingface_hub import HfApi
+
+        HfApi(endpoint=hub.url, token=TOKEN).delete_file("config.json", REPO_GPTQ, revision="gptq-8bit-32g-actorder_True")
+        proc = publish(built, "--variant", "gptq-8bit-32g", "--endpoint", hub.url)
+        assert "gptq-8bit-32g-actorder_True: uploaded 1 file(s)" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_wrong_token_gets_the_login_hint_and_leaks_nothing(built, tmp_path):
+    wrong = "hf_wrong_token_that_must_not_leak_71c3"
+    with serve(tmp_path / "hub", TOKEN) as hub:
+        proc = publish(built, "--variant", "gguf-q8_0", "--endpoint", hub.url, token=wrong)
+        assert proc.returncode == 1
+        assert "authentication failed (HTTP 401)" in proc.stderr and "hf auth login" in proc.stderr
+        assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [proc.stderr.splitlines()[-1]]
+        assert wrong not in proc.stdout + proc.stderr
+        assert all(wrong not in p.read_text() for p in built["out"].rglob("*.json"))
+        assert "commit" not in {name for name, _ in hub.calls}
+
+
+def test_a_variant_that_failed_its_gates_is_refused(built, tmp_path):
+    strict = {fmt: {**gate, "max_mean_kld": 1e-6} for fmt, gate in TINY_GATES.items()}
+    config = write_config(tmp_path, built["base"], [{"format": "gguf", "quant_type": "Q4_0"}], gates=strict)
+    out = tmp_path / "out"
+    assert run_cli("build", "--config", str(config), "--out", str(out), "--all").returncode == 1
+    unchecked = write_config(tmp_path / "b", built["base"], [{"format": "gguf", "quant_type": "Q5_0"}])
+    run_cli("build", "--config", str(unchecked), "--out", str(out), "--all", "--no-check", check=True)
+    with serve(tmp_path / "hub", TOKEN) as hub:
+        env = {**os.environ, "HF_TOKEN": TOKEN}
+        proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(config), "--out", str(out),
+                               "--all", "--endpoint", hub.url], capture_output=True, text=True, env=env)
+        assert proc.returncode == 1 and "gguf-q4_0: failed its gates (max_mean_kld)" in proc.stderr
+        proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(unchecked), "--out",
+                               str(out), "--all", "--endpoint", hub.url], capture_output=True, text=True, env=env)
+        assert proc.returncode == 1 and "built but not checked" in proc.stderr
+        assert hub.calls == []  # refused before anything was sent
+
+
+def test_a_file_changed_after_its_check_is_refused(built, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built["out"] / "gguf-q8_0", out / "gguf-q8_0")
+    with open(out / "gguf-q8_0" / "tiny-mistral.Q8_0.gguf", "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    proc = run_cli("publish", "--config", str(built["config"]), "--out", str(out), "--variant", "gguf-q8_0",
+                   "--git", str(tmp_path / "mirror"))
+    assert proc.returncode == 1 and "differs from report.json since it was checked" in proc.stderr
+    assert not (tmp_path / "mirror").exists()
+
+
+def test_git_publish_to_a_mirror_served_by_olah(built, tmp_path):
+    from quantize.mirror_server import running
+
+    mirror = tmp_path / "mirror"
+    proc = publish(built, "--all", "--git", str(mirror))
+    assert proc.returncode == 0, proc.stderr
+    assert (mirror / "models" / REPO_GPTQ / "HEAD").is_file()
+    again = publish(built, "--all", "--git", str(mirror))
+    assert again.stdout.count("up to date, nothing uploaded") == 7, again.stdout + again.stderr
+
+    with running(mirror) as url:
+        env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+        env.pop("HF_TOKEN", None)
+        hf = Path(sys.executable).with_name("hf")
+        for branch in ("gptq-4bit-32g-actorder_True", "gguf-q4_k_m"):
+            dest = tmp_path / "dl" / branch
+            proc = subprocess.run([str(hf), "download", BRANCHES[branch], "--revision", branch, "--local-dir", str(dest)],
+                                  capture_output=True, text=True, env=env, timeout=120)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert downloaded(dest) == expected_files(built, branch), branch
+        dest = tmp_path / "dl" / "main"
+        proc = subprocess.run([str(hf), "download", REPO_GPTQ, "--local-dir", str(dest)], capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and downloaded(dest) == expected_files(built, "gptq-4bit-32g-actorder_True")
+        port = int(url.rsplit(":", 1)[1])
+    import socket
+
+    with socket.socket() as s:  # the server stopped and freed its port
+        s.bind(("127.0.0.1", port))
+
+
+def test_card_command_writes_one_card_per_repo(built):
+    proc = run_cli("card", "--config", str(built["config"]), "--out", str(built["out"]), check=True)
+    assert len(proc.stdout.splitlines()) == 2
+    for branch, repo in BRANCHES.items():
+        card = (built["out"] / "cards" / repo.replace("/", "__") / "README.md").read_text()
+        assert card.startswith("---\n") and branch in card
