@@ -217,7 +217,7 @@ def _gguf_table(c: CardInputs) -> str:
         m = r.report.checks.memory if r.report.checks else None
         ram = _gb(m.max_ram_required_bytes) if m and m.max_ram_required_bytes else "-"
         bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"
-        cells = [f"[{name}]({HUB}/{c.repo}/blob/main/{name})", method, bits, _gb(r.size), ram, *_quality(r), use]
+        cells = [f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)", method, bits, _gb(r.size), ram, *_quality(r), use]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Max RAM required assumes no GPU offloading: the file size plus 2.5 GB. Offloading layers to a "
               "GPU moves that memory to VRAM."]

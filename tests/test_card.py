@@ -71,6 +71,7 @@ def test_gguf_card_lists_every_file_with_max_ram():
     for row in c.rows:
         name = row.report.files[0].path
         line = next(line for line in card.splitlines() if line.startswith(f"| [{name}]"))
+        assert f"(branch `{row.variant.branch}`)" in line
         ram = row.report.checks.memory.max_ram_required_bytes
         assert f"{ram / 1e9:.2f} GB" in line and row.variant.spec.quant_type in line
     assert "hf download tester/tiny-mistral-GGUF" in card and "llama-cli -m" in card
