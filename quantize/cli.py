@@ -186,6 +186,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
         from .hub_api import HubTransport
 
         transport = HubTransport(args.endpoint)
+    if args.only_passed:
+        from .publish import PublishRefused, publishable
+
+        ready = []
+        for v in variants:
+            try:
+                publishable(v, Path(args.out) / v.branch)
+                ready.append(v)
+            except PublishRefused as err:
+                print(f"skipped {err}", file=sys.stderr)
+        if not ready:
+            raise QuantizeError("no selected variant has passed its checks; nothing to publish")
+        variants = ready
     records = Publisher(project, Path(args.out), transport).publish_all(variants)
     for record in records:
         for t in record.targets:
@@ -249,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every variant in the config (all must have passed)")
     _add_selection(p)
     p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    p.add_argument("--only-passed", action="store_true",
+                   help="skip (and list) variants that are not built or did not pass, instead of refusing them all")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--endpoint", default=None,
                        help="hub URL for the HTTP API (default: HF_ENDPOINT or https://huggingface.co)")

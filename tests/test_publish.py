@@ -130,6 +130,12 @@ def test_a_variant_that_failed_its_gates_is_refused(built, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(unchecked), "--out",
                                str(out), "--all", "--endpoint", hub.url], capture_output=True, text=True, env=env)
         assert proc.returncode == 1 and "built but not checked" in proc.stderr
+        both = write_config(tmp_path / "c", built["base"], [{"format": "gguf", "quant_type": "Q4_0"},
+                                                             {"format": "gguf", "quant_type": "Q5_0"}], gates=strict)
+        proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(both), "--out", str(out),
+                               "--all", "--only-passed", "--endpoint", hub.url], capture_output=True, text=True, env=env)
+        assert proc.returncode == 1 and "nothing to publish" in proc.stderr
+        assert "skipped gguf-q4_0: failed its gates" in proc.stderr and "skipped gguf-q5_0: built but not" in proc.stderr
         assert hub.calls == []  # refused before anything was sent
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,21 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
     assert all(r["reply"].strip() and not r["problems"] for r in checks["replies"])
     assert report["predicted_bytes"] == pytest.approx(sum(
         f["size"] for f in report["files"] if f["path"].endswith(".safetensors")), rel=0.02)
+
+    # The rest of the README's first command: publish to the local mirror, then download it back by branch.
+    mirror = out.parent / "hub"
+    run_cli("publish", "--config", str(CONFIG), "--variant", "gptq-4bit-32g", "--out", str(out), "--git", str(mirror),
+            check=True)
+    from huggingface_hub import snapshot_download
+
+    from quantize.mirror_server import running
+
+    with running(mirror) as url:
+        got = Path(snapshot_download("local/SmolLM2-135M-Instruct-GPTQ", revision="gptq-4bit-32g-actorder_True",
+                                     endpoint=url, cache_dir=out.parent / "dl"))
+    for f in report["files"]:
+        assert (got / f["path"]).read_bytes() == (out / "gptq-4bit-32g-actorder_True" / f["path"]).read_bytes()
+    assert "SmolLM2-135M-Instruct" in (got / "README.md").read_text()
 
 
 def test_gguf_variants_rank_by_kld_and_the_imatrix_helps(out):
