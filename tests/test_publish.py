@@ -192,3 +192,11 @@ def test_card_command_writes_one_card_per_repo(built):
     for branch, repo in BRANCHES.items():
         card = (built["out"] / "cards" / repo.replace("/", "__") / "README.md").read_text()
         assert card.startswith("---\n") and branch in card
+
+
+def test_a_remote_that_does_not_hold_what_was_sent_fails_loudly(built, tmp_path):
+    with serve(tmp_path / "hub", TOKEN) as hub:
+        hub.tamper.add("quantize_config.json")
+        proc = publish(built, "--variant", "gptq-8bit-32g", "--endpoint", hub.url)
+        assert proc.returncode == 1
+        assert "after upload, quantize_config.json has different content" in proc.stderr.splitlines()[-1]
