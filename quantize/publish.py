@@ -95,10 +95,6 @@ class PublishRecord(BaseModel):
     published_at: str
     targets: list[TargetRecord]
 
-    @property
-    def changed(self) -> bool:
-        return any(t.uploaded or t.deleted for t in self.targets)
-
 
 def same(local: LocalFile, remote: RemoteFile | None) -> bool:
     if remote is None or remote.size != local.size:

@@ -21,7 +21,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .config import AWQSpec, GGUFSpec, GPTQSpec
+from .config import AWQSpec, GPTQSpec
 from .errors import EngineError
 
 
