@@ -186,20 +186,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         from .hub_api import HubTransport
 
         transport = HubTransport(args.endpoint)
-    if args.only_passed:
-        from .publish import PublishRefused, publishable
-
-        ready = []
-        for v in variants:
-            try:
-                publishable(v, Path(args.out) / v.branch)
-                ready.append(v)
-            except PublishRefused as err:
-                print(f"skipped {err}", file=sys.stderr)
-        if not ready:
-            raise QuantizeError("no selected variant has passed its checks; nothing to publish")
-        variants = ready
-    records = Publisher(project, Path(args.out), transport).publish_all(variants)
+    records = Publisher(project, Path(args.out), transport).publish_all(variants, args.only_passed)
     for record in records:
         for t in record.targets:
             what = (f"uploaded {len(t.uploaded)} file(s), deleted {len(t.deleted)}" if t.uploaded or t.deleted

@@ -174,10 +174,20 @@ class Publisher:
             self._cards = write_cards(self.project, self.out_root)
         return self._cards
 
-    def publish_all(self, variants: list[Variant]) -> list[PublishRecord]:
-        """Refuse before sending anything if any named variant is not publishable."""
-        reports = {v.name: publishable(v, self.out_root / v.branch) for v in variants}
-        return [self.publish(v, reports[v.name]) for v in variants]
+    def publish_all(self, variants: list[Variant], only_passed: bool = False) -> list[PublishRecord]:
+        """Check every variant before sending anything: one that is not publishable stops the run,
+        or with `only_passed` is skipped with a warning."""
+        reports = {}
+        for v in variants:
+            try:
+                reports[v.name] = publishable(v, self.out_root / v.branch)
+            except PublishRefused as err:
+                if not only_passed:
+                    raise
+                log.warning("skipped %s", err)
+        if not reports:
+            raise PublishRefused("no selected variant has passed its checks; nothing to publish")
+        return [self.publish(v, reports[v.name]) for v in variants if v.name in reports]
 
     def publish(self, variant: Variant, report: Report | None = None) -> PublishRecord:
         folder = self.out_root / variant.branch
