@@ -180,14 +180,23 @@ def _calibration(r: Report) -> tuple[str, str]:
     return (cal.recipe, str(cal.seq_len)) if cal else ("-", "-")
 
 
+def _table(head: list[str], base: list[str] | None, rows: list[list[str]]) -> str:
+    """A Markdown table; `base` (the unquantized model's row) goes first when there is one."""
+    lines = [head, ["---"] * len(head)] + ([base] if base else []) + rows
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def _base_ppl(c: CardInputs) -> float | None:
+    return next((r.report.checks.base_ppl for r in c.rows if r.report.checks), None)
+
+
 def _weights_table(c: CardInputs) -> str:
     head = ["Branch", "Bits", "GS", "Act Order", "Damp %", "GPTQ Dataset", "Seq Len", "Size", "ExLlama",
             "PPL", "Δ PPL", "KLD", "VRAM", "Desc"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    base_ppl = next((r.report.checks.base_ppl for r in c.rows if r.report.checks), None)
-    if base_ppl is not None:
-        lines.append("| unquantized | 16 | - | - | - | - | - | - | - | " + f"{base_ppl:.3f} | - | - | - | "
-                     "the original model, for reference |")
+    base_ppl = _base_ppl(c)
+    base = None if base_ppl is None else (["unquantized", "16"] + ["-"] * 7 + [f"{base_ppl:.3f}"] + ["-"] * 3
+                                          + ["the original model, for reference"])
+    rows = []
     for r in sorted(c.rows, key=lambda r: (not r.variant.default, r.variant.spec.bits, r.variant.spec.group_size)):
         spec, v = r.variant.spec, r.variant
         dataset, seq = _calibration(r.report)
@@ -195,18 +204,17 @@ def _weights_table(c: CardInputs) -> str:
         damp = f"{spec.damp_percent:g}" if c.format == "gptq" else "-"
         exllama = "Yes" if spec.bits == 4 else "No"
         desc = _gptq_desc(v) if c.format == "gptq" else f"AWQ {spec.bits}-bit, group size {spec.group_size}, zero point, GEMM."
-        cells = [_branch_cell(c, v), str(spec.bits), str(spec.group_size), act, damp, dataset, seq, _gb(r.size),
-                 exllama, *_quality(r), _vram(r), desc]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([_branch_cell(c, v), str(spec.bits), str(spec.group_size), act, damp, dataset, seq, _gb(r.size),
+                     exllama, *_quality(r), _vram(r), desc])
+    return _table(head, base, rows)
 
 
 def _gguf_table(c: CardInputs) -> str:
     head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", "PPL", "Δ PPL", "KLD", "Use case"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    base_ppl = next((r.report.checks.base_ppl for r in c.rows if r.report.checks), None)
-    if base_ppl is not None:
-        lines.append(f"| unquantized | - | 16 | - | - | {base_ppl:.3f} | - | - | the original model, for reference |")
+    base_ppl = _base_ppl(c)
+    base = None if base_ppl is None else ["unquantized", "-", "16", "-", "-", f"{base_ppl:.3f}", "-", "-",
+                                          "the original model, for reference"]
+    rows = []
     for r in sorted(c.rows, key=lambda r: (r.report.bits_per_weight, r.variant.name)):
         spec = r.variant.spec
         nominal, use = GGUF_USE.get(spec.quant_type, (None, ""))
@@ -217,11 +225,10 @@ def _gguf_table(c: CardInputs) -> str:
         m = r.report.checks.memory if r.report.checks else None
         ram = _gb(m.max_ram_required_bytes) if m and m.max_ram_required_bytes else "-"
         bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"
-        cells = [f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)", method, bits, _gb(r.size), ram, *_quality(r), use]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Max RAM required assumes no GPU offloading: the file size plus 2.5 GB. Offloading layers to a "
-              "GPU moves that memory to VRAM."]
-    return "\n".join(lines)
+        rows.append([f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)", method, bits,
+                     _gb(r.size), ram, *_quality(r), use])
+    return (_table(head, base, rows) + "\n\nMax RAM required assumes no GPU offloading: the file size plus 2.5 GB. "
+            "Offloading layers to a GPU moves that memory to VRAM.")
 
 
 def _provided(c: CardInputs) -> str:

@@ -30,14 +30,15 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", metavar="K/N", help="the K-th of N disjoint round-robin shards")
 
 
-def _add_variants(parser: argparse.ArgumentParser, force_help: str) -> None:
-    """What build and check share: which variants, where their folders are, and --force."""
+def _add_variants(parser: argparse.ArgumentParser, force_help: str | None = None) -> None:
+    """What build, check and publish share: which variants, where their folders are (and --force)."""
     _add_config(parser)
     parser.add_argument("--variant", action="append", help="short or branch name; repeatable")
     parser.add_argument("--all", action="store_true", help="every variant in the config")
     _add_selection(parser)
     parser.add_argument("--out", default="out", help="output root (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help=force_help)
+    if force_help:
+        parser.add_argument("--force", action="store_true", help=force_help)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -244,11 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("publish", help="push checked variants to their hub branches, with the card, and verify")
-    _add_config(p)
-    p.add_argument("--variant", action="append", help="short or branch name; repeatable")
-    p.add_argument("--all", action="store_true", help="every variant in the config (all must have passed)")
-    _add_selection(p)
-    p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    _add_variants(p)
     p.add_argument("--only-passed", action="store_true",
                    help="skip (and list) variants that are not built or did not pass, instead of refusing them all")
     where = p.add_mutually_exclusive_group()

@@ -37,10 +37,8 @@ def _status(err: Exception) -> int | None:
 def _transient(err: Exception) -> bool:
     if isinstance(err, HfHubHTTPError):
         return _status(err) in TRANSIENT
-    try:
-        import httpx2
-    except ImportError:  # older huggingface_hub: httpx
-        import httpx as httpx2
+    import httpx2  # huggingface_hub 2.x's HTTP client
+
     return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 

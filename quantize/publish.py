@@ -16,7 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from .card import PLOT_NAME, card_dir, write_cards
+from .card import PLOT_NAME, write_cards
 from .config import Project, Variant
 from .errors import QuantizeError
 from .hashing import file_sha256
@@ -96,33 +96,32 @@ class PublishRecord(BaseModel):
     targets: list[TargetRecord]
 
 
-def same(local: LocalFile, remote: RemoteFile | None) -> bool:
-    if remote is None or remote.size != local.size:
-        return False
-    return remote.sha256 == local.sha256 if remote.sha256 else remote.oid == local.git_oid()
+def difference(local: LocalFile, remote: RemoteFile | None) -> str | None:
+    """Why the remote file is not the local one (size, then LFS sha256 or git blob id), or None when it is."""
+    if remote is None:
+        return f"{local.path} is missing"
+    if remote.size != local.size:
+        return f"{local.path} has {remote.size} bytes, report.json says {local.size}"
+    if remote.sha256 and remote.sha256 != local.sha256:
+        return f"{local.path} has sha256 {remote.sha256[:12]}..., report.json says {local.sha256[:12]}..."
+    if not remote.sha256 and remote.oid != local.git_oid():
+        return f"{local.path} has different content (git blob {remote.oid[:12]}...)"
+    return None
+
+
+def extra(files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool) -> list[str]:
+    """Remote files that do not belong on an exclusive branch."""
+    wanted = {f.path for f in files} | set(KEEP)
+    return sorted(p for p in remote if exclusive and p not in wanted)
 
 
 def changes(files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool) -> tuple[list[LocalFile], list[str]]:
     """What to upload and what to delete so the remote matches `files`."""
-    upload = [f for f in files if not same(f, remote.get(f.path))]
-    wanted = {f.path for f in files}
-    delete = sorted(p for p in remote if exclusive and p not in wanted and p not in KEEP)
-    return upload, delete
+    return [f for f in files if difference(f, remote.get(f.path))], extra(files, remote, exclusive)
 
 
 def mismatches(files: list[LocalFile], remote: dict[str, RemoteFile]) -> list[str]:
-    problems = []
-    for f in files:
-        r = remote.get(f.path)
-        if r is None:
-            problems.append(f"{f.path} is missing")
-        elif r.size != f.size:
-            problems.append(f"{f.path} has {r.size} bytes, report.json says {f.size}")
-        elif r.sha256 and r.sha256 != f.sha256:
-            problems.append(f"{f.path} has sha256 {r.sha256[:12]}..., report.json says {f.sha256[:12]}...")
-        elif not r.sha256 and r.oid != f.git_oid():
-            problems.append(f"{f.path} has different content (git blob {r.oid[:12]}...)")
-    return problems
+    return [d for f in files if (d := difference(f, remote.get(f.path)))]
 
 
 def targets(variant: Variant) -> list[Target]:
@@ -154,13 +153,11 @@ def publishable(variant: Variant, folder: Path) -> Report:
     return report
 
 
-def _local_files(folder: Path, report: Report, card: Path | None) -> list[LocalFile]:
+def _local_files(folder: Path, report: Report, card: Path) -> list[LocalFile]:
     files = [LocalFile(f.path, folder / f.path, f.size, f.sha256) for f in report.files]
-    if card is not None:
-        for name in ("README.md", PLOT_NAME):
-            path = card / name
-            if path.is_file():
-                files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path)))
+    for name in ("README.md", PLOT_NAME):
+        path = card / name
+        files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path)))
     return files
 
 
@@ -189,11 +186,10 @@ class Publisher:
             raise PublishRefused("no selected variant has passed its checks; nothing to publish")
         return [self.publish(v, reports[v.name]) for v in variants if v.name in reports]
 
-    def publish(self, variant: Variant, report: Report | None = None) -> PublishRecord:
+    def publish(self, variant: Variant, report: Report) -> PublishRecord:
+        """Send one variant whose `report` `publishable` has accepted, with its repo's card."""
         folder = self.out_root / variant.branch
-        report = report or publishable(variant, folder)
-        card = self.cards().get(variant.repo) or card_dir(self.out_root, variant.repo)
-        files = _local_files(folder, report, card if card.is_dir() else None)
+        files = _local_files(folder, report, self.cards()[variant.repo])
         records = []
         for target in targets(variant):
             records.append(self._push(target, files, f"{variant.name}: {report.inputs_hash[:12]}"))
@@ -215,9 +211,7 @@ class Publisher:
         else:
             log.info("%s: up to date, nothing uploaded", where)
         remote = t.listing(target.repo, target.branch)
-        problems = mismatches(files, remote)
-        if target.exclusive:
-            problems += [f"{p} should not be there" for p in remote if p not in {f.path for f in files} | set(KEEP)]
+        problems = mismatches(files, remote) + [f"{p} should not be there" for p in extra(files, remote, target.exclusive)]
         if problems:
             raise PublishError(f"{t.where} {where}: after upload, {'; '.join(problems)}")
         return TargetRecord(repo=target.repo, branch=target.branch, commit=commit, uploaded=[f.path for f in upload],
