@@ -17,10 +17,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from . import naming
+from . import naming, resources
 from .errors import ConfigError, UnknownVariantError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Strict(BaseModel):
@@ -289,12 +288,11 @@ def _resolve(spec: GPTQSpec | AWQSpec | GGUFSpec, cfg: ProjectConfig) -> Variant
 
 
 def find_recipe(root: Path, name: str) -> Path:
-    """A recipe name resolves to `calibration/NAME.yaml` beside the config, above it, or in this project."""
-    for folder in (root / "calibration", root.parent / "calibration", PACKAGE_ROOT / "calibration"):
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(name)
+    """A recipe name resolves to `calibration/NAME.yaml` beside the config, above it, or in this package."""
+    found = resources.find("calibration", name, root)
+    if found is None:
+        raise FileNotFoundError(name)
+    return found
 
 
 def parse_config(data: Any, file: Path) -> Project:
@@ -326,7 +324,7 @@ def parse_config(data: Any, file: Path) -> Project:
 
     for field in ("evaluation", "smoke", "gates"):
         name = getattr(cfg, field)
-        if not any((d / "eval" / f"{name}.yaml").is_file() for d in (file.parent, file.parent.parent, PACKAGE_ROOT)):
+        if resources.find("eval", name, file.parent) is None:
             raise ConfigError(file, field, f"no eval/{name}.yaml", "add the file or name an existing one")
     _check_unique(file, variants)
     variants = _assign_defaults(file, variants)
@@ -377,10 +375,7 @@ def _assign_defaults(file: Path, variants: list[Variant]) -> list[Variant]:
 
 
 def available_recipes(root: Path) -> list[str]:
-    names = set()
-    for folder in (root / "calibration", root.parent / "calibration", PACKAGE_ROOT / "calibration"):
-        names.update(p.stem for p in folder.glob("*.yaml"))
-    return sorted(names)
+    return resources.available("calibration", root)
 
 
 def load_config(path: str | Path) -> Project:

@@ -12,6 +12,10 @@ class QuantizeError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str, fix: str | None = None):
+        self.fix = fix
+        super().__init__(f"{message} (fix: {fix})" if fix else message)
+
 
 class ConfigError(QuantizeError):
     """A config or recipe file is invalid: names the file, the field and the fix."""
@@ -20,10 +24,7 @@ class ConfigError(QuantizeError):
 
     def __init__(self, file: str, field: str, problem: str, fix: str | None = None):
         self.file, self.field, self.problem, self.fix = str(file), field, problem, fix
-        msg = f"{self.file}: {field}: {problem}"
-        if fix:
-            msg += f" (fix: {fix})"
-        super().__init__(msg)
+        super().__init__(f"{self.file}: {field}: {problem}", fix)
 
 
 class UnknownVariantError(QuantizeError):

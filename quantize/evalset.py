@@ -15,8 +15,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from . import resources
 from .calibration import LoadedRecipe, Recipe, collect_text, load_tokens, store_tokens, tokenize_documents
-from .config import PACKAGE_ROOT, Strict, _pydantic_error
+from .config import Strict, _pydantic_error
 from .errors import CalibrationError, ConfigError
 from .hashing import sha256_bytes, sha256_json
 from .textsource import TextSource
@@ -51,10 +52,9 @@ class EvalSet:
 
 
 def find_eval(root: Path, name: str) -> Path:
-    for folder in (root / "eval", root.parent / "eval", PACKAGE_ROOT / "eval"):
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
+    found = resources.find("eval", name, root)
+    if found is not None:
+        return found
     raise ConfigError(root, "eval", f"no eval/{name}.yaml", "add the file or name an existing one")
 
 

@@ -13,6 +13,32 @@ from typing import Iterator
 from .errors import DiskFullError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Outputs get the modes `save_pretrained` and llama.cpp give theirs (0644 files, 0755 folders under
+# the usual umask), not the 0600 of temporary files: other users and web servers read published files.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
+def normalize_modes(root: Path) -> None:
+    """Give every file under `root` FILE_MODE and every folder DIR_MODE (root included)."""
+    root = Path(root)
+    if root.is_file():
+        os.chmod(root, FILE_MODE)
+        return
+    os.chmod(root, DIR_MODE)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
 def cache_dir() -> Path:
     """`QUANTIZE_CACHE`, else ~/.cache/quantize: base checkpoints, calibration tokens, wheels."""
     root = Path(os.environ.get("QUANTIZE_CACHE") or Path.home() / ".cache" / "quantize")
@@ -28,6 +54,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
@@ -73,6 +100,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
         if isinstance(err, OSError):
             raise_if_disk_full(err, final)
         raise
+    normalize_modes(tmp)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)

@@ -60,6 +60,17 @@ def test_folder_layout_and_configs(built):
     assert eight["bits"] == 8 and eight["group_size"] == -1
 
 
+def test_outputs_are_readable_by_others(built):
+    """Files 0644 and folders 0755 (under the usual umask), as save_pretrained writes them, not 0600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = built["out"] / "gptq-4bit-32g-actorder_True"
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "quantize_config.json", "report.json"} <= set(modes)
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
 @pytest.mark.parametrize("branch, bits, group", [("gptq-4bit-32g-actorder_True", 4, 32),
                                                  ("gptq-8bit--1g-actorder_True", 8, -1)])
 def test_tensor_layout_is_gptq_v1(built, branch, bits, group):
