@@ -12,8 +12,12 @@ from conftest import ROOT
 
 
 def test_wheel_install_lists_and_plans_the_packaged_example_from_another_folder(tmp_path):
+    src = tmp_path / "src"  # a copy: setuptools leaves build/ in the tree it builds
+    shutil.copytree(ROOT / "quantize", src / "quantize", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("quantize-*.whl"))
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
