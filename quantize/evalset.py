@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from . import resources
 from .calibration import LoadedRecipe, Recipe, collect_text, load_tokens, store_tokens, tokenize_documents
-from .config import Strict, _pydantic_error
+from .config import Strict, load_yaml
 from .errors import CalibrationError, ConfigError
 from .hashing import sha256_bytes, sha256_json
 from .textsource import TextSource
@@ -59,10 +58,7 @@ def find_eval(root: Path, name: str) -> Path:
 
 
 def load_eval(path: Path) -> EvalRecipe:
-    try:
-        return EvalRecipe.model_validate(yaml.safe_load(Path(path).read_text()))
-    except ValidationError as err:
-        raise _pydantic_error(path, err) from None
+    return load_yaml(path, "eval recipe", EvalRecipe)
 
 
 def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, model_validator
 
-from .config import Strict, _pydantic_error
+from .config import FieldProblem, Strict, load_yaml
 
 
 class Gate(Strict):
@@ -23,6 +22,13 @@ class Gates(Strict):
     awq: Gate = Gate()
     gguf: Gate = Gate()
 
+    @model_validator(mode="after")
+    def _some_gate(self) -> "Gates":
+        """A gates file that names no format would judge nothing: refuse it rather than pass everything."""
+        if not self.model_fields_set:
+            raise FieldProblem("no format has gates", "set limits under gptq, awq or gguf, e.g. `gguf: {max_ppl_ratio: 1.2}`")
+        return self
+
 
 class Verdict(BaseModel):
     gate: str
@@ -32,10 +38,7 @@ class Verdict(BaseModel):
 
 
 def load_gates(path) -> Gates:
-    try:
-        return Gates.model_validate(yaml.safe_load(open(path).read()) or {})
-    except ValidationError as err:
-        raise _pydantic_error(path, err) from None
+    return load_yaml(path, "gates file", Gates)
 
 
 def judge(gate: Gate, ppl_ratio: float, mean_kld: float, top1: float, memory_gb: float | None,

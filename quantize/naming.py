@@ -7,7 +7,16 @@ familiar, so that `hf download REPO --revision BRANCH` commands carry over uncha
 
 from __future__ import annotations
 
+import re
+
 import gguf
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def is_safe_name(name: str) -> bool:
+    """True for a name that can be a file name or path part as it is: no separator, no `..`, no leading dot or dash."""
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def gptq_short_name(bits: int, group_size: int, desc_act: bool) -> str:
@@ -29,6 +38,9 @@ def gguf_short_name(quant_type: str, imatrix: bool = False) -> str:
 
 
 def gguf_file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
+    """`NAME.Q4_K_M.gguf`; the config refuses unsafe names, and this refuses them again before they reach a path."""
+    if not is_safe_name(model_name):
+        raise ValueError(f"unsafe model name {model_name!r} for a GGUF file name")
     return f"{model_name}.{'i1-' if imatrix else ''}{quant_type.upper()}.gguf"
 
 

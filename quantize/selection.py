@@ -36,7 +36,11 @@ def matches(variant: Variant, pattern: str) -> bool:
 
 
 def select(variants: list[Variant], filters: list[str] | None, shard_spec: str | None) -> list[Variant]:
+    """Filters, then the shard. A filter that matches nothing is an error: a typo must not build (or plan) nothing and succeed."""
     chosen = [v for v in variants if all(matches(v, f) for f in filters or [])]
+    if filters and not chosen:
+        raise QuantizeError(f"no variant matches {' '.join(f'--filter {f}' for f in filters)}",
+                            "see the names and parameters with `python -m quantize list`")
     if shard_spec:
         chosen = shard(chosen, *parse_shard(shard_spec))
     return chosen

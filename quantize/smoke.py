@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 
-import yaml
 from pydantic import BaseModel, Field
 
-from .config import Strict
+from .config import Strict, load_yaml
 
 MARKER = re.compile(r"<\|[^|>]{1,32}\|>|\[/?INST\]")
 
@@ -34,7 +33,7 @@ class Reply(BaseModel):
 
 
 def load_suite(path) -> SmokeSuite:
-    return SmokeSuite.model_validate(yaml.safe_load(open(path).read()))
+    return load_yaml(path, "smoke suite", SmokeSuite)
 
 
 def render(template: str, prompt: SmokePrompt, default_system: str) -> str:
