@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from .config import Strict, _pydantic_error
-from .errors import CalibrationError, ConfigError
+from .config import Strict, load_yaml
+from .errors import CalibrationError
 from .hashing import sha256_bytes, sha256_json, short
-from .paths import cache_dir, write_atomic
+from .paths import atomic_target, cache_dir, exclusive, write_atomic
 from .progress import bar
 from .textsource import TextSource, read_documents
 
@@ -71,13 +70,7 @@ class CalibrationSet:
 
 
 def load_recipe(path: Path) -> LoadedRecipe:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-        return LoadedRecipe(Path(path).stem, Path(path), Recipe.model_validate(data))
-    except ValidationError as err:
-        raise _pydantic_error(path, err) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(path, "(file)", f"not valid YAML: {err}", "fix the YAML syntax") from None
+    return LoadedRecipe(Path(path).stem, Path(path), load_yaml(path, "calibration recipe", Recipe))
 
 
 def collect_text(loaded: LoadedRecipe) -> tuple[list[str], str]:
@@ -143,11 +136,12 @@ def load_tokens(kind: str, key: str, stats_type: type[BaseModel]) -> tuple[np.nd
 
 
 def store_tokens(kind: str, key: str, array: np.ndarray, stats: BaseModel) -> None:
-    """Tokens first, stats last (each atomically): stats present means the tokens are complete."""
+    """Tokens first, stats last (each atomically, under the entry's lock): stats present means the tokens are complete."""
     folder = cache_dir() / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{short(key)}.npy.tmp"
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    tmp.replace(folder / f"{short(key)}.npy")
-    write_atomic(folder / f"{short(key)}.json", stats.model_dump_json(indent=2).encode())
+    stats_file = folder / f"{short(key)}.json"
+    with exclusive(stats_file):
+        if stats_file.is_file():
+            return  # another shard stored the same tokens while this one tokenized
+        with atomic_target(folder / f"{short(key)}.npy") as tmp:
+            np.save(tmp, array)
+        write_atomic(stats_file, stats.model_dump_json(indent=2).encode())

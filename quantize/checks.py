@@ -19,8 +19,9 @@ from .evalset import EvalStats, eval_set, find_eval
 from .gates import Verdict, judge, load_gates
 from .hashing import sha256_json, short
 from .measure import Stages
-from .paths import cache_dir
+from .paths import cache_dir, compute_once
 from .shapes import needs_slow_cpu_kernel
+from .streaming import LayerStream
 from .scoring import Reference, Scores, gguf_logits_fn, hf_logits_fn, reference, score
 from .smoke import Reply, load_suite, render, reply_problems, template_problem
 
@@ -85,14 +86,14 @@ class Checker:
             es = self.evalset()
             key = short(sha256_json({"base": self.builder.base.hash, "eval": es.stats.hash}))
             ref_file = cache_dir() / "reference" / f"{key}.npz"
-            if ref_file.is_file():
-                log.info("base log-probs: cache hit %s", key)
-                ref = Reference.load(ref_file)
-            else:
+            def make(tmp: Path) -> None:
                 log.info("base log-probs: scoring the base model on %d windows of %d", *es.windows.shape)
-                ref = reference(es.windows, hf_logits_fn(self.builder.base.path, _device(), dtype=torch.float32))
-                ref_file.parent.mkdir(parents=True, exist_ok=True)
-                ref.save(ref_file)
+                # layer by layer (float32 on a CPU, half precision on a GPU): a 7B model never whole in memory
+                reference(es.windows, LayerStream(self.builder.base.path).logits_fn(es.windows)).save(tmp)
+
+            if not compute_once(ref_file, make):
+                log.info("base log-probs: cache hit %s", key)
+            ref = Reference.load(ref_file)
             self._base = (ref.scores(), ref)
         return self._base
 

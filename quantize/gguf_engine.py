@@ -21,7 +21,7 @@ from .gguf_quant import quantize_file
 from .hashing import sha256_json, short
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
 from .measure import Stages
-from .paths import cache_dir
+from .paths import cache_dir, compute_once
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +32,25 @@ def f16_gguf(base: ResolvedBase, meta: ModelMeta) -> Path:
     """The base model as an F16 GGUF, converted once and cached."""
     key = short(sha256_json({"base": base.hash, "meta": meta.__dict__, "converter": CONVERTER_VERSION}))
     path = cache_dir() / "gguf" / key / naming.gguf_file_name(meta.name, "F16")
-    if not path.is_file():
+    def make(tmp: Path) -> None:
         log.info("converting %s to F16 GGUF (once; cached in %s)", meta.name, path.parent)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        try:
-            convert(base.path, tmp, "F16", meta)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        convert(base.path, tmp, "F16", meta)
+
+    compute_once(path, make)
     return path
 
 
 def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
     key = short(sha256_json({"base": base.hash, "calibration": calib.stats.hash}))
     path = cache_dir() / "imatrix" / f"{key}.npz"
-    if path.is_file():
+
+    def make(tmp: Path) -> None:
+        log.info("imatrix: computing from %d x %d calibration tokens", *calib.input_ids.shape)
+        save_imatrix(tmp, compute_imatrix(base.path, calib.input_ids))
+
+    if not compute_once(path, make):
         log.info("imatrix: cache hit %s", key)
-        return load_imatrix(path)
-    log.info("imatrix: computing from %d x %d calibration tokens", *calib.input_ids.shape)
-    matrix = compute_imatrix(base.path, calib.input_ids)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_imatrix(path, matrix)
-    return matrix
+    return load_imatrix(path)
 
 
 def build_gguf(base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None,

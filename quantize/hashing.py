@@ -1,7 +1,8 @@
 """Content hashes that name cache entries and recognise finished stages.
 
 File digests are memoised by (path, size, mtime) so a 14 GB checkpoint is read once,
-not on every run; the digest itself is always of the bytes.
+not on every run. A memo can be fooled (bytes changed, size and mtime restored), so
+`publish` reads the bytes again (`memo=False`): the memo only speeds up builds and checks.
 """
 
 from __future__ import annotations
@@ -29,24 +30,26 @@ def _memo_path() -> Path:
     return cache_dir() / "file-digests.json"
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, memo: bool = True) -> str:
+    """sha256 of the file's bytes; with `memo`, remembered by (path, size, mtime)."""
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
     memo_file = _memo_path()
     try:
-        memo = json.loads(memo_file.read_text())
+        known = json.loads(memo_file.read_text()) if memo else {}
     except (OSError, ValueError):
-        memo = {}
-    if key in memo:
-        return memo[key]
+        known = {}
+    if key in known:
+        return known[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(_CHUNK):
             digest.update(block)
-    memo[key] = digest.hexdigest()
-    write_atomic(memo_file, json.dumps(memo, indent=0).encode())
-    return memo[key]
+    if memo:
+        known[key] = digest.hexdigest()
+        write_atomic(memo_file, json.dumps(known, indent=0).encode())
+    return digest.hexdigest()
 
 
 def tree_sha256(folder: Path, names: list[str] | None = None) -> str:

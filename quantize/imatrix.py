@@ -14,51 +14,40 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .progress import bar
-
 log = logging.getLogger(__name__)
 
 
 def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """{GGUF tensor name: mean x^2 per input column}, for every Linear of the model."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """{GGUF tensor name: mean x^2 per input column}, for every Linear of the model.
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    The model runs layer by layer (`streaming.LayerStream`): float32 on a CPU without ever
+    holding more than one layer, half precision on a GPU; sums are kept in float64.
+    """
+    import torch
+
+    from .streaming import LayerStream
+
+    stream = LayerStream(model_dir)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, stream.config.num_hidden_layers)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
-    def hook_for(gguf_name: str):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            sums[gguf_name] = sums.get(gguf_name, 0) + (x * x).sum(dim=0)
-            counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
-        return hook
+    def add(hf_name: str, x) -> None:
+        gguf_name = names.get_name(f"{hf_name}.weight", try_suffixes=(".weight",))
+        if gguf_name is None:
+            return
+        x = x.detach().to(torch.float64)
+        sums[gguf_name] = sums.get(gguf_name, 0) + (x * x).sum(dim=0).cpu()
+        counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
 
-    for module_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or (tied and module_name == "lm_head"):
-            continue
-        gguf_name = names.get_name(f"{module_name}.weight", try_suffixes=(".weight",))
-        if gguf_name is not None:
-            hooks.append(module.register_forward_pre_hook(hook_for(gguf_name)))
-    try:
-        with torch.no_grad():
-            for row in bar(input_ids, desc="imatrix", unit="sample"):
-                model(torch.from_numpy(row).unsqueeze(0))
-    finally:
-        for h in hooks:
-            h.remove()
+    final = stream.final_hidden(input_ids, hook=add, desc="imatrix")
+    if not getattr(stream.config, "tie_word_embeddings", False):  # a tied output is the embedding: no imatrix
+        add("lm_head", final.reshape(-1, final.shape[-1]))
     return {name: (sums[name] / counts[name]).to(torch.float32).numpy() for name in sums}
 
 
 def save_imatrix(path: Path, matrix: dict[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **matrix)
-    tmp.replace(path)
+    np.savez(path, **matrix)
 
 
 def load_imatrix(path: Path) -> dict[str, np.ndarray]:

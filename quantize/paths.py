@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
+import secrets
 import shutil
-import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import DiskFullError
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -46,27 +51,96 @@ def cache_dir() -> Path:
     return root
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a sibling temporary file, then rename: readers see the old or the new file, never a part."""
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path`, unique to this writer, moved onto `path` when the block succeeds.
+
+    Readers see the old file or the whole new one, never a part, and two writers never share
+    a temporary file. The temporary name keeps `path`'s suffix, so numpy and llama.cpp add none.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}"
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        yield tmp
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise_if_disk_full(err, path)
         raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def raise_if_disk_full(err: OSError, path: Path) -> None:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = shutil.disk_usage(Path(path).parent if not Path(path).is_dir() else path).free
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through `atomic_target`."""
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an advisory lock named after `path` (`.NAME.lock` beside it) for the block.
+
+    Shards sharing one cache compute each expensive entry once: the first takes the lock,
+    the others wait here and then find the finished entry.
+    """
+    lock = Path(path).parent / f".{Path(path).name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish %s", Path(path).name)
+            start = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.info("%s: lock released after %.0f s", Path(path).name, time.monotonic() - start)
+        yield
+
+
+def compute_once(path: Path, make: Callable[[Path], None]) -> bool:
+    """Create the shared file `path` with `make(tmp)` unless it exists; True if this process made it."""
+    path = Path(path)
+    if path.is_file():
+        return False
+    with exclusive(path):
+        if path.is_file():
+            return False
+        with atomic_target(path) as tmp:
+            make(tmp)
+    return True
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception chain (engines wrap OSError in their own errors)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "os error 28" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds `path` (its nearest existing ancestor)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def raise_if_disk_full(err: BaseException, path: Path) -> None:
+    """Turn ENOSPC into one DiskFullError about `path` (or the file the OS named); keep one raised deeper."""
+    if isinstance(err, DiskFullError):
+        return
+    if is_disk_full(err):
+        path = getattr(err, "filename", None) or path
         raise DiskFullError(
-            f"{path}: disk full while writing ({free / 1e9:.2f} GB free); free space or pass --out on another disk"
+            f"{path}: disk full while writing ({free_bytes(path) / 1e9:.2f} GB free on that disk)",
+            fix="free space on that disk, or move it elsewhere (--out for outputs, QUANTIZE_CACHE for the cache)",
         ) from None
 
 
@@ -75,8 +149,8 @@ def require_free_space(folder: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise DiskFullError(
-            f"{folder}: {what} needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free; "
-            "free space or pass --out on another disk"
+            f"{folder}: {what} needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free on that disk",
+            fix="free space there, or pass --out (outputs) or QUANTIZE_CACHE (cache) on another disk",
         )
 
 
@@ -97,8 +171,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
         yield tmp
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise_if_disk_full(err, final)
+        raise_if_disk_full(err, final)
         raise
     normalize_modes(tmp)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
@@ -109,10 +182,16 @@ def staged_folder(final: Path) -> Iterator[Path]:
 
 
 def clean_stale_partials(final: Path) -> list[Path]:
+    """Remove what a crashed run left beside `final` (a live pid's are left alone): `.NAME.partial-PID`
+    (unfinished) and `.NAME.old-PID` (the previous output, when the swap or its removal was cut short).
+    An old one is put back when `final` is missing: a crash between the two renames left it the last complete output."""
     removed = []
-    for leftover in final.parent.glob(f".{final.name}.partial-*"):
+    for leftover in [*final.parent.glob(f".{final.name}.partial-*"), *final.parent.glob(f".{final.name}.old-*")]:
         pid = leftover.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        if ".old-" in leftover.name and not final.exists():
+            os.replace(leftover, final)
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         removed.append(leftover)

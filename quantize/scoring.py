@@ -36,9 +36,7 @@ class Reference:
     top_lp: np.ndarray  # [positions, K]
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, target_lp=self.target_lp, top_ids=self.top_ids, top_lp=self.top_lp)
-        tmp.replace(path)
+        np.savez(path, target_lp=self.target_lp, top_ids=self.top_ids, top_lp=self.top_lp)
 
     def scores(self) -> "Scores":
         """The base model's own perplexity, from the exact target log-probabilities kept here."""
