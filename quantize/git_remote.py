@@ -5,7 +5,8 @@ A remote root is either a local folder, laid out as a hub mirror
 `python -m quantize serve` exposes to huggingface_hub clients), or a git URL prefix
 (`ssh://git@host/models`, `https://huggingface.co`) to which `/OWNER/NAME` is appended.
 Commits are built with git plumbing in a scratch repository in the cache (no working
-tree, no checkout of other branches) and pushed by commit id.
+tree, no checkout of other branches) on the head seen when listing and pushed by commit
+id without force, so a branch another writer moved meanwhile is refused, not overwritten.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .paths import cache_dir
-from .publish import LocalFile, PublishError, RemoteFile
+from .publish import MOVED, BranchMoved, LocalFile, Listing, PublishError, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,15 @@ class GitTransport:
             return str(Path(self.root).resolve() / "models" / repo)
         return f"{self.root.rstrip('/')}/{repo}"
 
-    def _git(self, *args: str, git_dir: Path | None = None, env: dict | None = None, check: bool = True) -> str:
+    def _git(self, *args: str, git_dir: Path | None = None, env: dict | None = None, check: bool = True,
+             stdin: str | None = None) -> str:
         cmd = ["git"] + (["--git-dir", str(git_dir)] if git_dir else []) + list(args)
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **IDENTITY, **(env or {})})
+        done = subprocess.run(cmd, capture_output=True, text=True, input=stdin,
+                              env={**os.environ, **IDENTITY, **(env or {})})
         if check and done.returncode != 0:
             what = _redact(" ".join(a for a in args if not a.startswith("-")))[:120]
-            raise PublishError(f"git {what}: {_redact(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed')}")
+            lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("hint:")]
+            raise PublishError(f"git {what}: {_redact(lines[-1] if lines else 'failed')}")
         return done.stdout
 
     def _scratch(self, repo: str) -> Path:
@@ -86,36 +90,43 @@ class GitTransport:
                 self._git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
                 log.info("created %s", bare)
 
-    def listing(self, repo: str, branch: str) -> dict[str, RemoteFile]:
+    def listing(self, repo: str, branch: str) -> Listing:
         head = self._head(repo, branch)
         if head is None:
-            return {}
+            return Listing(None, {})
         out = {}
         for line in self._git("ls-tree", "-r", "-l", "-z", head, git_dir=self._scratch(repo)).split("\0"):
             if line:
                 meta, path = line.split("\t", 1)
                 _mode, _kind, oid, size = meta.split()
                 out[path] = RemoteFile(path=path, size=int(size), sha256=None, oid=oid)
-        return out
+        return Listing(head, out)
 
-    def commit(self, repo: str, branch: str, add: list[LocalFile], delete: list[str], message: str) -> str:
+    def commit(self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str],
+               message: str) -> str:
         if not self.local and "huggingface.co" in self.root:
             big = [f.path for f in add if f.size > HUB_LFS_LIMIT]
             if big:
                 raise PublishError(f"{self.where}: {', '.join(big)} exceed 10 MB, which the hub only takes through "
                                    "LFS; fix: publish over HTTP (drop --git), which uploads large files for you")
-        scratch = self._scratch(repo)
-        parent = self._head(repo, branch)
+        scratch = self._scratch(repo)  # `parent` was fetched into it by listing()
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             if parent:
                 self._git("read-tree", parent, git_dir=scratch, env=env)
-            for path in delete:
-                self._git("update-index", "--force-remove", path, git_dir=scratch, env=env)
+            if delete:  # mode 0 removes an entry; --force-remove would want a work tree, and scratch is bare
+                self._git("update-index", "--index-info", git_dir=scratch, env=env,
+                          stdin="".join(f"0 {'0' * 40}\t{path}\n" for path in delete))
             for f in add:
                 oid = self._git("hash-object", "-w", str(f.source), git_dir=scratch).strip()
                 self._git("update-index", "--add", "--cacheinfo", f"100644,{oid},{f.path}", git_dir=scratch, env=env)
             tree = self._git("write-tree", git_dir=scratch, env=env).strip()
         commit = self._git("commit-tree", tree, *(["-p", parent] if parent else []), "-m", message, git_dir=scratch).strip()
-        self._git("push", "--quiet", self.url(repo), f"{commit}:refs/heads/{branch}", git_dir=scratch)
+        try:  # no force: the remote takes it only if the branch is still `parent` (or a new branch still absent)
+            self._git("push", "--quiet", self.url(repo), f"{commit}:refs/heads/{branch}", git_dir=scratch)
+        except PublishError:
+            line = self._git("ls-remote", self.url(repo), f"refs/heads/{branch}", git_dir=scratch).split()
+            if (line[0] if line else None) != parent:
+                raise BranchMoved(f"{self.where}: push to {repo}@{branch}: {MOVED}") from None
+            raise
         return commit

@@ -1,8 +1,10 @@
 """The HTTP transport: a hub's API through `huggingface_hub.HfApi`, with retries and plain errors.
 
 Transient failures (429, 5xx, dropped connections) are retried with exponential
-backoff; 401/403 become one line that says how to log in. The token is read by
-huggingface_hub from HF_TOKEN or the saved login and is never formatted into a message.
+backoff; 401/403 become one line that says how to log in, HF_HUB_OFFLINE one that says
+to unset it (it is not transient), and 412 (the branch moved past the `parent_commit`
+we listed) one that says to re-run. The token is read by huggingface_hub from HF_TOKEN
+or the saved login and is never formatted into a message.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .publish import LocalFile, PublishError, RemoteFile
+from .publish import MOVED, BranchMoved, LocalFile, Listing, PublishError, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,13 @@ class HubTransport:
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
+                if isinstance(err, OfflineModeIsEnabled):  # a ConnectionError, but retrying cannot help
+                    raise PublishError(f"{self.where}: {what}: HF_HUB_OFFLINE is set, so huggingface_hub makes no "
+                                       "network calls; fix: unset HF_HUB_OFFLINE (or publish to a local mirror "
+                                       "with --git ROOT)") from None
                 status = _status(err)
+                if status == 412:
+                    raise BranchMoved(f"{self.where}: {what}: {MOVED}") from None
                 if status in (401, 403):
                     raise HubAuthError(
                         f"{self.where}: {what}: authentication failed (HTTP {status}); fix: log in with "
@@ -86,19 +94,22 @@ class HubTransport:
             self._call(f"create branch {branch} of {repo}", self.api.create_branch, repo, branch=branch,
                        repo_type="model", exist_ok=True)
 
-    def listing(self, repo: str, branch: str) -> dict[str, RemoteFile]:
+    def listing(self, repo: str, branch: str) -> Listing:
+        """The branch head, then the tree at that commit: the files are exactly those `parent_commit` will name."""
+        head = self._call(f"read {repo}@{branch}", self.api.model_info, repo, revision=branch).sha
         entries = self._call(f"list {repo}@{branch}", lambda: list(
-            self.api.list_repo_tree(repo, revision=branch, recursive=True, repo_type="model")))
+            self.api.list_repo_tree(repo, revision=head or branch, recursive=True, repo_type="model")))
         out = {}
         for e in entries:
             if hasattr(e, "size"):  # RepoFile; folders have no size
                 out[e.path] = RemoteFile(path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, oid=e.blob_id)
-        return out
+        return Listing(head, out)
 
-    def commit(self, repo: str, branch: str, add: list[LocalFile], delete: list[str], message: str) -> str:
+    def commit(self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str],
+               message: str) -> str:
         def send():  # fresh operations each attempt: huggingface_hub marks them as used
             ops = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.source)) for f in add]
             ops += [CommitOperationDelete(path_in_repo=p) for p in delete]
             return self.api.create_commit(repo, operations=ops, commit_message=message, revision=branch,
-                                          repo_type="model")
+                                          parent_commit=parent, repo_type="model")
         return self._call(f"upload to {repo}@{branch}", send).oid

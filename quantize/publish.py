@@ -32,6 +32,15 @@ class PublishError(QuantizeError):
     """The remote does not hold what was sent, or the hub refused the operation."""
 
 
+class BranchMoved(PublishError):
+    """Another writer committed to the branch between our listing and our commit; nothing was overwritten."""
+
+
+# Why and what to do, after "WHERE: WHAT: ": both transports refuse a commit whose parent is no longer the head.
+MOVED = ("the branch moved since it was listed (another writer committed); nothing was overwritten; "
+         "fix: re-run publish, which lists the branch again")
+
+
 class PublishRefused(QuantizeError):
     """The variant is not publishable (not built, not checked, failed its gates, or changed since)."""
 
@@ -61,6 +70,15 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """A branch's files as of one commit. `head` is the parent a commit must name, so that a branch
+    another writer moved after the listing is refused instead of overwritten (None: no branch yet)."""
+
+    head: str | None
+    files: dict[str, RemoteFile]
+
+
+@dataclass(frozen=True)
 class Target:
     repo: str
     branch: str
@@ -72,14 +90,15 @@ class Transport(Protocol):
     where: str  # endpoint or remote root, never with credentials
 
     def prepare(self, repo: str, branch: str) -> None: ...
-    def listing(self, repo: str, branch: str) -> dict[str, RemoteFile]: ...
-    def commit(self, repo: str, branch: str, add: list[LocalFile], delete: list[str], message: str) -> str: ...
+    def listing(self, repo: str, branch: str) -> Listing: ...
+    def commit(self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str],
+               message: str) -> str: ...  # raises BranchMoved when the branch head is no longer `parent`
 
 
 class TargetRecord(BaseModel):
     repo: str
     branch: str
-    commit: str | None
+    commit: str | None  # made by this publish; with nothing to send, the previous publish's (else the head verified)
     uploaded: list[str]
     deleted: list[str]
     verified: int
@@ -147,17 +166,29 @@ def publishable(variant: Variant, folder: Path) -> Report:
                              "its checks is never published (fix: change the variant or its gate in eval/, rebuild, check)")
     for f in report.files:
         path = folder / f.path
-        if not path.is_file() or path.stat().st_size != f.size or file_sha256(path) != f.sha256:
+        if not path.is_file() or path.stat().st_size != f.size or file_sha256(path, memo=False) != f.sha256:
             raise PublishRefused(f"{folder / f.path}: differs from report.json since it was checked; "
                                  f"rebuild with `python -m quantize build --variant {variant.name} --force`")
     return report
+
+
+def _last_commits(path: Path, transport: Transport) -> dict[tuple[str, str], str]:
+    """The commits the previous publish to the same remote made, so a republish that uploads nothing
+    keeps them in its record instead of writing `commit: null` over them."""
+    try:
+        old = PublishRecord.model_validate_json(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: start afresh
+        return {}
+    if (old.transport, old.where) != (transport.name, transport.where):
+        return {}
+    return {(t.repo, t.branch): t.commit for t in old.targets if t.commit}
 
 
 def _local_files(folder: Path, report: Report, card: Path) -> list[LocalFile]:
     files = [LocalFile(f.path, folder / f.path, f.size, f.sha256) for f in report.files]
     for name in ("README.md", PLOT_NAME):
         path = card / name
-        files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path)))
+        files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path, memo=False)))
     return files
 
 
@@ -190,29 +221,34 @@ class Publisher:
         """Send one variant whose `report` `publishable` has accepted, with its repo's card."""
         folder = self.out_root / variant.branch
         files = _local_files(folder, report, self.cards()[variant.repo])
-        records = []
-        for target in targets(variant):
-            records.append(self._push(target, files, f"{variant.name}: {report.inputs_hash[:12]}"))
+        path = self.out_root / "published" / f"{variant.branch}.json"
+        last = _last_commits(path, self.transport)
+        message = f"{variant.name}: {report.inputs_hash[:12]}"
+        records = [self._push(t, files, message, last.get((t.repo, t.branch))) for t in targets(variant)]
         record = PublishRecord(variant=variant.name, transport=self.transport.name, where=self.transport.where,
                                inputs_hash=report.inputs_hash, published_at=now(), targets=records)
-        write_json(self.out_root / "published" / f"{variant.branch}.json", record.model_dump(mode="json"))
+        write_json(path, record.model_dump(mode="json"))
         return record
 
-    def _push(self, target: Target, files: list[LocalFile], message: str) -> TargetRecord:
+    def _push(self, target: Target, files: list[LocalFile], message: str, last: str | None) -> TargetRecord:
+        """Commit what differs on top of the head just listed (refused if the branch moved meanwhile), then verify.
+        With nothing to send, the record keeps `last` (the previous publish's commit), else the verified head."""
         t = self.transport
         where = f"{target.repo}@{target.branch}"
         t.prepare(target.repo, target.branch)
-        upload, delete = changes(files, t.listing(target.repo, target.branch), target.exclusive)
+        listed = t.listing(target.repo, target.branch)
+        upload, delete = changes(files, listed.files, target.exclusive)
         commit = None
         if upload or delete:
             size = sum(f.size for f in upload)
             log.info("%s: uploading %d file(s), %.1f MB; deleting %d", where, len(upload), size / 1e6, len(delete))
-            commit = t.commit(target.repo, target.branch, upload, delete, message)
+            commit = t.commit(target.repo, target.branch, listed.head, upload, delete, message)
         else:
             log.info("%s: up to date, nothing uploaded", where)
-        remote = t.listing(target.repo, target.branch)
-        problems = mismatches(files, remote) + [f"{p} should not be there" for p in extra(files, remote, target.exclusive)]
+        after = t.listing(target.repo, target.branch)
+        problems = mismatches(files, after.files) + [f"{p} should not be there"
+                                                     for p in extra(files, after.files, target.exclusive)]
         if problems:
             raise PublishError(f"{t.where} {where}: after upload, {'; '.join(problems)}")
-        return TargetRecord(repo=target.repo, branch=target.branch, commit=commit, uploaded=[f.path for f in upload],
-                            deleted=delete, verified=len(files))
+        return TargetRecord(repo=target.repo, branch=target.branch, commit=commit or last or after.head,
+                            uploaded=[f.path for f in upload], deleted=delete, verified=len(files))

@@ -3,10 +3,12 @@
 No push-capable hub is installable here, so this speaks the endpoints `HfApi` and
 `hf_hub_download` call (create repo/branch, preupload, LFS batch and upload, commit,
 refs, revision info, tree, paths-info, resolve) over real HTTP, storing blobs on disk.
-It enforces a write token, records every call so tests can assert the sequence, and
-can fail the next N calls of a route to exercise retries. It runs in a daemon thread:
-the `serve` context manager shuts it down and frees the port, and it dies with the test
-process in any case.
+It enforces a write token and, as the real hub does, a commit's `parentCommit` (HTTP 412
+when the branch head moved past it), records every call so tests can assert the sequence,
+can fail the next N calls of a route to exercise retries, and can run a hook before a
+route (another writer committing between a client's listing and its commit). It runs in
+a daemon thread: the `serve` context manager shuts it down and frees the port, and it
+dies with the test process in any case.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_PATTERNS = (".safetensors", ".gguf", ".png", ".bin")
@@ -60,6 +63,7 @@ class LocalHub:
         self.repos: dict[str, Repo] = {}
         self.calls: list[tuple[str, str]] = []  # (route, repo or "")
         self.fail_next: dict[str, int] = {}
+        self.before_next: dict[str, Callable[[], None]] = {}  # route -> run once, before the route is served
         self.tamper: set[str] = set()  # paths whose next committed content is altered (a broken hub)
         self.lock = threading.Lock()
         self.url = ""
@@ -84,6 +88,16 @@ class LocalHub:
         repo.branches["main"] = first
         self.repos[repo_id] = repo
         return True
+
+    def write(self, repo_id: str, branch: str, files: dict[str, bytes]) -> str:
+        """Commit `files` (regular blobs) on top of `branch` directly, as another writer would; the new head."""
+        with self.lock:
+            repo = self.repos[repo_id]
+            commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+            repo.commits[commit] = {**repo.commits[repo.branches[branch]],
+                                    **{p: self.store(data, lfs=False) for p, data in files.items()}}
+            repo.branches[branch] = commit
+            return commit
 
     def files(self, repo_id: str, revision: str) -> tuple[str, dict[str, Blob]] | None:
         repo = self.repos.get(repo_id)
@@ -162,6 +176,9 @@ class _Handler(BaseHTTPRequestHandler):
                 hub.fail_next[name] -= 1
                 self._body()
                 return self._error(503, "injected failure: service unavailable")
+            hook = hub.before_next.pop(name, None)
+        if hook:
+            hook()
         if name in _WRITES and self.headers.get("Authorization") != f"Bearer {hub.token}":
             self._body()
             return self._error(401, "Invalid credentials in Authorization header")
@@ -281,8 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, f"{g['repo']}@{g['rev']} not found", "RevisionNotFound")
             parent, files = found
             header = lines[0]["value"]
-            if header.get("parentCommit") and header["parentCommit"] != parent:
-                return self._error(412, "parent commit is not the head of the branch")
+            if header.get("parentCommit") and header["parentCommit"] != parent:  # the real hub's answer
+                return self._error(412, "A commit has happened since. Please refresh and try again.")
             files = dict(files)
             for line in lines[1:]:
                 key, value = line["key"], line["value"]

@@ -55,6 +55,19 @@ def expected_files(built, branch: str) -> dict[str, bytes]:
     return files
 
 
+def published_commits(built) -> dict[tuple[str, str, str], str | None]:
+    """(variant branch, repo, target branch) -> the commit out/published/ records for it."""
+    return {(p.stem, t["repo"], t["branch"]): t["commit"] for p in (built["out"] / "published").glob("*.json")
+            for t in json.loads(p.read_text())["targets"]}
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one `error:` line a failed command prints, last on stderr."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and errors == [proc.stderr.splitlines()[-1]], proc.stderr
+    return errors[0]
+
+
 def downloaded(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
             if p.is_file() and ".cache" not in p.parts and p.name != ".gitattributes"}
@@ -88,12 +101,15 @@ def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
         assert [t["branch"] for t in record["targets"]] == ["gguf-q8_0", "main"]
         assert TOKEN not in json.dumps(record)
 
-        # Again, unchanged: nothing is uploaded and no commit is made.
+        # Again, unchanged: nothing is uploaded, no commit is made, and the records keep the commits made before.
+        commits = published_commits(built)
+        assert all(commits.values()), commits
         calls = len(hub.calls)
         proc = publish(built, "--all", "--endpoint", hub.url)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.count("up to date, nothing uploaded") == 7
         assert not {"commit", "lfs_upload", "lfs_batch"} & {name for name, _ in hub.calls[calls:]}
+        assert published_commits(built) == commits
 
         # A file removed from the variant's branch by someone else is put back, and only it.
         from huggingface_hub import HfApi
@@ -200,3 +216,57 @@ def test_a_remote_that_does_not_hold_what_was_sent_fails_loudly(built, tmp_path)
         proc = publish(built, "--variant", "gptq-8bit-32g", "--endpoint", hub.url)
         assert proc.returncode == 1
         assert "after upload, quantize_config.json has different content" in proc.stderr.splitlines()[-1]
+
+
+def test_a_branch_moved_by_another_writer_is_not_overwritten(built, tmp_path):
+    from quantize.publish import MOVED
+
+    with serve(tmp_path / "hub", TOKEN) as hub:  # after our listing, before our commit, someone else commits
+        hub.before_next["commit"] = lambda: hub.write(REPO_GGUF, "gguf-q8_0", {"notes.md": b"another writer"})
+        proc = publish(built, "--variant", "gguf-q8_0", "--endpoint", hub.url)
+        assert error_line(proc) == f"error: {hub.url}: upload to {REPO_GGUF}@gguf-q8_0: {MOVED}"
+        assert [name for name, _ in hub.calls].count("commit") == 1  # refused, not retried
+        files = hub.files(REPO_GGUF, "gguf-q8_0")[1]
+        assert set(files) == {".gitattributes", "notes.md"} and hub.read(files["notes.md"]) == b"another writer"
+
+
+def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
+    from quantize.config import load_config
+    from quantize.git_remote import GitTransport
+    from quantize.publish import MOVED, BranchMoved, LocalFile, Publisher
+
+    ours, other = GitTransport(tmp_path / "mirror"), GitTransport(tmp_path / "mirror")
+    other.scratch = tmp_path / "other-scratch"
+
+    def other_writes(name: str) -> None:
+        path = tmp_path / name
+        path.write_text(f"{name} by another writer\n")
+        head = other.listing(REPO_GGUF, "gguf-q8_0").head
+        other.commit(REPO_GGUF, "gguf-q8_0", head, [LocalFile(name, path, path.stat().st_size, "")], [], name)
+
+    listing = ours.listing
+
+    def listing_then_another_commit(repo: str, branch: str):
+        listed = listing(repo, branch)
+        ours.listing = listing
+        other_writes("notes.md")
+        return listed
+
+    ours.prepare(REPO_GGUF, "gguf-q8_0")
+    other_writes("old.md")  # the branch exists: our commit will name it as parent and delete old.md
+    ours.listing = listing_then_another_commit
+    project = load_config(built["config"])
+    with pytest.raises(BranchMoved) as err:
+        Publisher(project, built["out"], ours).publish_all(project.select(["gguf-q8_0"]))
+    assert str(err.value) == f"{ours.where}: push to {REPO_GGUF}@gguf-q8_0: {MOVED}"
+    assert set(other.listing(REPO_GGUF, "gguf-q8_0").files) == {"old.md", "notes.md"}
+    # Re-run, as the message says: the variant's own branch then holds its files and only those.
+    record = Publisher(project, built["out"], ours).publish_all(project.select(["gguf-q8_0"]))[0]
+    assert record.targets[0].deleted == ["notes.md", "old.md"]
+
+
+def test_offline_mode_fails_at_once_with_how_to_fix(built):
+    proc = publish(built, "--variant", "gguf-q8_0", "--endpoint", "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    assert error_line(proc).endswith("HF_HUB_OFFLINE is set, so huggingface_hub makes no network calls; "
+                                     "fix: unset HF_HUB_OFFLINE (or publish to a local mirror with --git ROOT)")
+    assert "retrying" not in proc.stderr
