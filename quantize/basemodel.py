@@ -50,6 +50,22 @@ class ResolvedBase:
     def weights_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.glob("*.safetensors"))
 
+    def check_weights(self) -> None:
+        """Every safetensors file opens and its header matches its size: a truncated or garbage download
+        is refused now, in one line, not after calibration has run."""
+        from safetensors import safe_open
+
+        files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            raise AssetError(f"{self.path}: no *.safetensors weights", fix="point base_model at a transformers checkpoint")
+        for file in files:
+            try:
+                with safe_open(file, "np") as handle:
+                    handle.keys()
+            except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
+                raise AssetError(f"{file}: not a complete safetensors file ({' '.join(str(err).split())[:120]})",
+                                 fix="download or save the checkpoint again") from None
+
     def param_count(self) -> int:
         """Parameters of the unquantized model, from safetensors headers (no weights read)."""
         from safetensors import safe_open

@@ -27,6 +27,7 @@ from .measure import Stages
 from .outputs import list_files, model_bytes
 from .plan import Planner
 from .paths import clean_stale_partials, require_free_space, staged_folder
+from .progress import engine_output_to_stderr
 from .report import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 from .shapes import check_group_size
 
@@ -76,8 +77,9 @@ class Builder:
         return self._tokenizer
 
     def validate(self, variants: list[Variant]) -> None:
-        """Everything that can be refused from config.json alone, for all variants, before any work."""
+        """Everything that can be refused from config.json and the weights' headers, for all variants, before any work."""
         config = self.base.config
+        self.base.check_weights()
         for variant in variants:
             if variant.format == "gguf":
                 check_architecture(config, self.base.path / "config.json")
@@ -180,7 +182,8 @@ class Builder:
         require_free_space(self.out_root, self._needed_bytes(variant), f"variant {variant.name}")
         log.info("%s: building into %s (inputs %s)", variant.name, folder, short(inputs_hash))
         with staged_folder(folder) as tmp:
-            result = self._run_engine(variant, calib, tmp, stages)
+            with engine_output_to_stderr():
+                result = self._run_engine(variant, calib, tmp, stages)
             files = list_files(tmp)
             report = Report(
                 variant=VariantInfo.of(variant), inputs_hash=inputs_hash, inputs=inputs,

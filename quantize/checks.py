@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from .evalset import EvalStats, eval_set, find_eval
 from .gates import Verdict, judge, load_gates
 from .hashing import sha256_json, short
+from .errors import QuantizeError
 from .measure import Stages
 from .paths import cache_dir, compute_once
 from .shapes import needs_slow_cpu_kernel
@@ -106,7 +107,10 @@ class Checker:
         cuda = torch.cuda.is_available()
         with stages.stage("check"):
             if variant.format == "gguf":
-                gguf_file = next(folder.glob("*.gguf"))
+                gguf_file = next(folder.glob("*.gguf"), None)
+                if gguf_file is None:
+                    raise QuantizeError(f"{folder}: no .gguf file to check",
+                                        fix=f"rebuild it: python -m quantize build --variant {variant.name} --force")
                 fn = gguf_logits_fn(gguf_file, es.stats.n_ctx)
                 load_cuda = None
             else:

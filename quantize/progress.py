@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Iterable, TypeVar
+from contextlib import contextmanager
+from typing import Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -35,3 +36,22 @@ def _no_progress() -> bool:
 def bar(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
     """A tqdm bar with ETA on stderr; plain log lines instead when QUANTIZE_NO_PROGRESS is set (CI logs)."""
     return tqdm(items, desc=desc, unit=unit, total=total, disable=_no_progress(), leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def engine_output_to_stderr() -> Iterator[None]:
+    """Send what engines print (gptqmodel's tables and logs) to stderr, at the file-descriptor level.
+
+    stdout carries our results (`list`, `plan --json`, `matrix`, the result table): hundreds of
+    engine lines there would bury them. Engines keep their own handles on stdout, so swapping
+    `sys.stdout` is not enough: fd 1 itself points at stderr for the block.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

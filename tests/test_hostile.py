@@ -263,3 +263,48 @@ def test_base_config_json_is_checked_before_build(work, content, field, problem,
     file.write_text(content if isinstance(content, str) else json.dumps(content))
     path = config(work, GPTQ)
     refused(work, ["build", "--all", "--out", "out", "--config", str(path)], f"{file}: {field}: {problem} (fix: {fix})")
+
+
+# -- weights, outputs and stdout ------------------------------------------------------------------------------------
+
+def real_base(tmp_path, tiny_model) -> Path:
+    import shutil
+
+    base = tmp_path / "model"
+    shutil.copytree(tiny_model, base)
+    return base
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_broken_weights_are_refused_before_calibration(tmp_path, tiny_model, damage):
+    base = real_base(tmp_path, tiny_model)
+    weights = base / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 64)
+    cfg = write_config(tmp_path, base, [{"format": "gguf", "quant_type": "Q4_K_M", "imatrix": "tiny"}])
+    proc = run_cli("build", "--config", str(cfg), "--all", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith(f"error: {weights}: not a complete safetensors file (")
+    assert lines[-1].endswith("(fix: download or save the checkpoint again)") and "Traceback" not in proc.stderr
+    assert "calibration tiny" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_gguf_folder_without_its_file_is_one_line(tmp_path, tiny_model):
+    cfg = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "Q8_0"}])
+    run_cli("build", "--config", str(cfg), "--all", "--no-check", "--out", str(tmp_path / "out"), cwd=tmp_path,
+            check=True)
+    next((tmp_path / "out" / "gguf-q8_0").glob("*.gguf")).unlink()
+    proc = run_cli("check", "--config", str(cfg), "--all", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'out' / 'gguf-q8_0'}: no .gguf file to check "
+        "(fix: rebuild it: python -m quantize build --variant gguf-q8_0 --force)")
+
+
+def test_engine_logs_stay_off_stdout(tmp_path, tiny_model):
+    """stdout holds results only: gptqmodel's hundreds of log lines go to stderr."""
+    cfg = write_config(tmp_path, tiny_model, [{"format": "gptq", "bits": 4, "group_size": 32}])
+    proc = run_cli("build", "--config", str(cfg), "--all", "--no-check", "--out", str(tmp_path / "out"), cwd=tmp_path,
+                   check=True)
+    assert "gptqmodel" in proc.stderr.lower() or "INFO" in proc.stderr  # the engine did talk
+    assert len(proc.stdout.splitlines()) <= 5, proc.stdout[:2000]
