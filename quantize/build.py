@@ -12,32 +12,24 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, formats
 from .basemodel import ResolvedBase, resolve_base
 from .calibration import CalibrationSet, calibration_set, load_recipe
-from .config import GGUFSpec, Project, Variant
-from .engine import EngineResult
-from .gguf_convert import ModelMeta, check_architecture
-from .gguf_engine import CONVERTER_VERSION, build_gguf
+from .config import Project, Variant
 from .errors import EngineError, QuantizeError
-from .awq import quantize_awq
-from .gptq import quantize_gptq
+from .formats import BuildJob, EngineResult
 from .hashing import sha256_json, short
 from .measure import Stages
 from .outputs import list_files, model_bytes
 from .plan import Planner
 from .paths import clean_stale_partials, require_free_space, staged_folder
 from .progress import engine_output_to_stderr
-from .report import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
-from .shapes import check_group_size
+from .records import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 
 log = logging.getLogger(__name__)
 
 # Bump when the files this code writes change for the same inputs, so old outputs rebuild.
 OUTPUT_LAYOUT = 1
-
-HF_ENGINES = {"gptq": quantize_gptq, "awq": quantize_awq}
-
 
 @dataclass(frozen=True)
 class BuildOutcome:
@@ -81,46 +73,34 @@ class Builder:
         config = self.base.config
         self.base.check_weights()
         for variant in variants:
-            if variant.format == "gguf":
-                check_architecture(config, self.base.path / "config.json")
-            else:
-                check_group_size(config, variant.spec.group_size, str(self.project.path), variant.name)
+            formats.of(variant).validate(variant.spec, config, self.base.path / "config.json", str(self.project.path),
+                                         variant.name)
 
     def calibration(self, variant: Variant) -> CalibrationSet | None:
-        """The variant's calibration tokens: its GPTQ/AWQ recipe, or a GGUF variant's imatrix recipe."""
-        spec = variant.spec
-        name = spec.imatrix if isinstance(spec, GGUFSpec) else variant.calibration
+        """The variant's calibration tokens (GPTQ/AWQ: its recipe; GGUF: its imatrix recipe), shared across variants."""
+        name = variant.calibration
         if name is None:
             return None
-        overrides = (None, None) if isinstance(spec, GGUFSpec) else (spec.samples, spec.seq_len)
+        overrides = formats.of(variant).calibration_overrides(variant.spec)
         key = (name, *overrides)
         if key not in self._calibration:
             recipe = load_recipe(self.project.recipe_path(name)).with_overrides(*overrides)
             self._calibration[key] = calibration_set(recipe, self.tokenizer(), self.base.tokenizer_hash)
         return self._calibration[key]
 
-    def gguf_meta(self) -> ModelMeta:
-        cfg = self.project.config
-        return ModelMeta(name=cfg.base_model.display_name, base_model=cfg.base_model.id,
-                         quantized_by=cfg.quantized_by, license=cfg.base_model.license)
-
     def inputs(self, variant: Variant, calib: CalibrationSet | None) -> Inputs:
+        fmt = formats.of(variant)
         versions = package_versions()
-        packages = ("gguf", "llama-cpp-python") if variant.format == "gguf" else ("gptqmodel", "torch", "transformers")
-        engine = {k: versions.get(k, "?") for k in packages}
+        engine = {k: versions.get(k, "?") for k in fmt.engine_packages}
         engine["layout"] = str(OUTPUT_LAYOUT)
-        if variant.format == "gguf":
-            engine["converter"] = str(CONVERTER_VERSION)
+        engine.update(fmt.engine_inputs())
         return Inputs(
             base_model=BaseModelInfo(source=self.base.source, hash=self.base.hash, revision=self.base.revision),
             calibration=calib.stats if calib else None, params=variant.params(), engine=engine,
         )
 
     def _run_engine(self, variant: Variant, calib: CalibrationSet | None, tmp: Path, stages: Stages) -> EngineResult:
-        if variant.format == "gguf":
-            return build_gguf(self.base, self.gguf_meta(), variant.spec, calib, tmp, stages)
-        with stages.stage("quantize"):
-            return HF_ENGINES[variant.format](self.base.path, variant.spec, calib.input_ids, tmp)
+        return formats.of(variant).build(BuildJob(self.project, variant, self.base, calib, tmp, stages))
 
     def _predicted_bytes(self, variant: Variant) -> int | None:
         try:

@@ -21,6 +21,7 @@ from .hashing import sha256_bytes, sha256_json, short
 from .paths import atomic_target, cache_dir, exclusive, write_atomic
 from .progress import bar
 from .textsource import TextSource, read_documents
+from .records import CalibrationStats
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,6 @@ class LoadedRecipe:
     def with_overrides(self, samples: int | None, seq_len: int | None) -> "LoadedRecipe":
         update = {k: v for k, v in {"samples": samples, "seq_len": seq_len}.items() if v is not None}
         return LoadedRecipe(self.name, self.path, self.recipe.model_copy(update=update))
-
-
-class CalibrationStats(BaseModel):
-    """What went into the token tensor; recorded in every report.json."""
-
-    recipe: str
-    source: str
-    hash: str
-    documents: int
-    characters: int
-    tokens: int
-    samples: int
-    seq_len: int
-    seed: int
 
 
 @dataclass(frozen=True)

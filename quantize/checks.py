@@ -15,50 +15,18 @@ import numpy as np
 
 from pydantic import BaseModel
 
-from .evalset import EvalStats, eval_set, find_eval
-from .gates import Verdict, judge, load_gates
+from .evalset import eval_set, find_eval
+from .gates import judge, load_gates
 from .hashing import sha256_json, short
-from .errors import QuantizeError
+from . import formats
 from .measure import Stages
 from .paths import cache_dir, compute_once
-from .shapes import needs_slow_cpu_kernel
 from .streaming import LayerStream
-from .scoring import Reference, Scores, gguf_logits_fn, hf_logits_fn, reference, score
-from .smoke import Reply, load_suite, render, reply_problems, template_problem
+from .scoring import Reference, Scores, reference, score
+from .records import CheckReport, Memory, Reply
+from .smoke import load_suite, render, reply_problems, template_problem
 
 log = logging.getLogger(__name__)
-
-
-class Memory(BaseModel):
-    peak_rss_bytes: int | None
-    peak_cuda_bytes: int | None = None
-    load_cuda_bytes: int | None = None
-    forward_cuda_bytes: int | None = None  # one batch-1 forward at the variant's sequence length
-    predicted_load_bytes: int | None = None
-    predicted_run_bytes: int | None = None
-    max_ram_required_bytes: int | None = None  # GGUF, as publishers state it: file + 2.5 GB
-
-
-class CheckReport(BaseModel):
-    eval: EvalStats
-    base_ppl: float
-    ppl: float
-    ppl_delta: float
-    ppl_ratio: float
-    mean_kld: float
-    p99_kld: float
-    top1_agreement: float
-    memory: Memory
-    template_problem: str | None
-    replies: list[Reply]
-    verdicts: list[Verdict]
-    passed: bool
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 class Checker:
@@ -105,39 +73,30 @@ class Checker:
         es = self.evalset()
         stages = Stages()
         cuda = torch.cuda.is_available()
+        fmt = formats.of(variant)
         with stages.stage("check"):
-            if variant.format == "gguf":
-                gguf_file = next(folder.glob("*.gguf"), None)
-                if gguf_file is None:
-                    raise QuantizeError(f"{folder}: no .gguf file to check",
-                                        fix=f"rebuild it: python -m quantize build --variant {variant.name} --force")
-                fn = gguf_logits_fn(gguf_file, es.stats.n_ctx)
-                load_cuda = None
-            else:
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                # float16 matmuls are ~40x slower than bfloat16 on a CPU (38 s vs 0.8 s for a 512-token
-                # forward of 4-bit SmolLM2): checks on a CPU compute in bfloat16, GPUs in the file's float16.
-                dtype = torch.bfloat16 if _device() == "cpu" else None
-                fn = hf_logits_fn(folder, _device(), dtype=dtype, **self._load_kwargs(variant))
-                load_cuda = torch.cuda.max_memory_allocated() if cuda else None
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            scorer = fmt.load(folder, variant, es.stats.n_ctx, self.builder.base.config)
+            load_cuda = torch.cuda.max_memory_allocated() if cuda and scorer.model is not None else None
             row = self.builder.planner().row(variant)
-            forward_cuda = self._cuda_forward_peak(fn, es.windows, row.seq_len) if cuda and load_cuda is not None else None
-            scores = score(es.windows, fn, ref, desc=f"score {variant.name}")
-            replies = self._smoke(variant, fn)
+            forward_cuda = self._cuda_forward_peak(scorer.model, es.windows, row.seq_len) \
+                if load_cuda is not None else None
+            scores = score(es.windows, scorer.logits, ref, desc=f"score {variant.name}")
+            replies = self._smoke(scorer)
         measured = stages.measures["check"]
         memory = Memory(
             peak_rss_bytes=measured.peak_rss_bytes, peak_cuda_bytes=measured.peak_cuda_bytes, load_cuda_bytes=load_cuda,
             forward_cuda_bytes=forward_cuda,
             predicted_load_bytes=row.load_bytes, predicted_run_bytes=row.run_bytes,
-            max_ram_required_bytes=row.load_bytes if variant.format == "gguf" else None,
+            max_ram_required_bytes=row.load_bytes if fmt.max_ram_is_load else None,
         )
         problem = template_problem(self.project.config.prompt_template, self.project.config.system_prompt,
                                    self.builder.tokenizer())
         smoke_problems = [f"{r.prompt!r}: {p}" for r in replies for p in r.problems]
         peak = memory.peak_cuda_bytes if memory.peak_cuda_bytes is not None else memory.peak_rss_bytes
         ratio = scores.ppl / base_scores.ppl
-        verdicts = judge(getattr(self.gates, variant.format), ratio, scores.mean_kld, scores.top1_agreement,
+        verdicts = judge(self.gates.get(variant.format), ratio, scores.mean_kld, scores.top1_agreement,
                          None if peak is None else peak / 1e9, smoke_problems, problem)
         return CheckReport(
             eval=es.stats, base_ppl=base_scores.ppl, ppl=scores.ppl, ppl_delta=scores.ppl - base_scores.ppl,
@@ -147,46 +106,26 @@ class Checker:
         )
 
     @staticmethod
-    def _cuda_forward_peak(fn, windows, seq_len: int) -> int:
+    def _cuda_forward_peak(model, windows, seq_len: int) -> int:
         """Peak allocated CUDA memory of one batch-1 forward at the variant's sequence length, after loading."""
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-        ids = torch.from_numpy(np.resize(windows.ravel(), seq_len)).unsqueeze(0).to(fn.model.device)
+        ids = torch.from_numpy(np.resize(windows.ravel(), seq_len)).unsqueeze(0).to(model.device)
         with torch.no_grad():
-            fn.model(ids)
+            model(ids)
         return torch.cuda.max_memory_allocated()
 
-    def _load_kwargs(self, variant) -> dict:
-        """On a CPU, 4-bit GPTQ layouts the fast int4 kernel refuses load with gptqmodel's torch backend."""
-        spec = variant.spec
-        if variant.format == "gptq" and _device() == "cpu" and needs_slow_cpu_kernel(
-                self.builder.base.config, spec.bits, spec.group_size):
-            from transformers import GPTQConfig
-
-            return {"quantization_config": GPTQConfig(bits=spec.bits, backend="torch")}
-        return {}
-
-    def _smoke(self, variant, fn) -> list[Reply]:
+    def _smoke(self, scorer) -> list[Reply]:
         """Greedy replies to the suite's prompts, from the same token ids for every format."""
-        import torch
-
         tokenizer = self.builder.tokenizer()
         cfg = self.project.config
         replies = []
         for prompt in self.smoke.prompts:
             text = render(cfg.prompt_template, prompt, cfg.system_prompt)
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-            if variant.format == "gguf":
-                from .llamacpp import gguf_greedy
-
-                new = gguf_greedy(fn.llm, ids, self.smoke.max_new_tokens, stop=tokenizer.eos_token_id)
-            else:
-                model = fn.model
-                with torch.no_grad():
-                    out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=self.smoke.max_new_tokens,
-                                         do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-                new = out[0, len(ids):].tolist()
+            new = scorer.greedy(ids, self.smoke.max_new_tokens, stop=tokenizer.eos_token_id,
+                                pad=tokenizer.pad_token_id or tokenizer.eos_token_id)
             if tokenizer.eos_token_id in new:
                 new = new[: new.index(tokenizer.eos_token_id)]
             reply = tokenizer.decode(new, skip_special_tokens=False)

@@ -90,7 +90,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     import json
 
     from .errors import AssetError
-    from .plan import runner
+    from . import formats
     from .selection import select
 
     project = load_config(args.config)
@@ -105,7 +105,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         row = planned.get(v.name)
         include.append({
             "variant": v.name, "branch": v.branch, "format": v.format,
-            "runner": runner(v),
+            "runner": formats.of(v).runner(v.spec),
             "memory_gb": None if row is None or row.run_bytes is None else round(row.run_bytes / 1e9, 2),
         })
     if args.format == "github":
@@ -150,7 +150,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .compare import collect, write_outputs
+    from .card.compare import collect, write_outputs
 
     project = load_config(args.config)
     table = collect(project, Path(args.out))

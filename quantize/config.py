@@ -16,7 +16,7 @@ import reprlib
 import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -155,17 +155,11 @@ class BaseModelSpec(Strict):
         return Path(self.pypi_gguf.member).name.split(".")[0]
 
 
-class Repos(Strict):
-    gptq: RepoId | None = None
-    awq: RepoId | None = None
-    gguf: RepoId | None = None
-
-
 def _is_group_size(value: int) -> bool:
     return value == -1 or (value >= 2 and value & (value - 1) == 0)
 
 
-class _Quantized(Strict):
+class QuantizedSpec(Strict):
     """Fields every calibrated weight-only variant shares."""
 
     group_size: int = 128
@@ -182,62 +176,10 @@ class _Quantized(Strict):
         return value
 
 
-class GPTQSpec(_Quantized):
-    format: Literal["gptq"]
-    bits: Literal[4, 8] = 4
-    desc_act: bool = True
-    damp_percent: float = Field(0.1, gt=0, lt=1)
-    sym: bool = True
-    true_sequential: bool = True
-    static_groups: bool = False
-
-
-class AWQSpec(_Quantized):
-    format: Literal["awq"]
-    bits: Literal[4] = 4
-    zero_point: bool = True
-    version: Literal["gemm"] = "gemm"
-
-    @field_validator("group_size")
-    @classmethod
-    def _awq_grouped(cls, value: int) -> int:
-        if value == -1:
-            raise ValueError("AWQ needs a group size; -1 is GPTQ only")
-        return value
-
-
-class GGUFSpec(Strict):
-    format: Literal["gguf"]
-    quant_type: str
-    imatrix: SafeName | None = Field(None, validate_default=True, description="calibration recipe for llama.cpp's importance matrix")
-    default: bool = False
-
-    @field_validator("quant_type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        valid = naming.gguf_quant_types()
-        if value.upper() not in valid:
-            raise ValueError(f"unknown GGUF type {value!r}; valid: {', '.join(valid)}")
-        return value.upper()
-
-    @field_validator("imatrix")
-    @classmethod
-    def _imatrix_when_required(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from .gguf_quant import NEEDS_IMATRIX
-
-        quant_type = info.data.get("quant_type")
-        if value is None and quant_type in NEEDS_IMATRIX:
-            raise ValueError(f"{quant_type} cannot be made without an importance matrix")
-        return value
-
-
-VariantSpec = Annotated[Union[GPTQSpec, AWQSpec, GGUFSpec], Field(discriminator="format")]
-
-
 class ProjectConfig(Strict):
     base_model: BaseModelSpec
     owner: Owner | None = Field(None, description="hub user/org for default repo names")
-    repos: Repos = Repos()
+    repos: dict[str, RepoId] = Field(default_factory=dict, description="format -> OWNER/NAME, overriding the default")
     prompt_template: str = Field(description="chat prompt with {prompt} (and optionally {system})")
     system_prompt: str = ""
     calibration: SafeName = "wikitext2"
@@ -265,13 +207,21 @@ class ProjectConfig(Strict):
         return value
 
 
+def _check_repo_formats(file: Path, cfg: "ProjectConfig") -> None:
+    from . import formats
+
+    for fmt in cfg.repos:
+        if fmt not in formats.FORMATS:
+            raise ConfigError(file, f"repos.{fmt}", f"unknown format {fmt!r}", "use " + formats.names_text())
+
+
 @dataclass(frozen=True)
 class Variant:
     """One resolved entry of the matrix: what to build, what to call it, where it goes."""
 
     name: str
     branch: str
-    spec: GPTQSpec | AWQSpec | GGUFSpec
+    spec: Any  # the format's spec model (formats/*)
     repo: str | None
     default: bool
     calibration: str | None
@@ -321,7 +271,6 @@ _FIXES = {
     "quant_type": "use a llama.cpp type such as Q4_K_M",
     "base_model": "add `base_model: {id: ORG/NAME}` or `{path: DIR}`",
     "prompt_template": "e.g. \"<|user|>\\n{prompt}</s>\\n<|assistant|>\\n\"",
-    "format": "use gptq, awq or gguf",
     "imatrix": "add `imatrix: RECIPE` (a calibration recipe such as wikitext2)",
 }
 
@@ -329,7 +278,7 @@ _FIXES = {
 def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> ConfigError:
     """The first error as one line: the field's dotted path, the problem, and a fix."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("GPTQSpec", "AWQSpec", "GGUFSpec"))]
+    loc = [str(p) for p in first["loc"]]
     field = ".".join(loc) or "(top level)"
     if where:
         field = f"{where}.{field}" if loc else where
@@ -395,24 +344,14 @@ def _expand(entry: dict[str, Any], file: Path, where: str) -> list[dict[str, Any
     return [{**entry, **combo} for combo in combos]
 
 
-_SPEC_TYPES = {"gptq": GPTQSpec, "awq": AWQSpec, "gguf": GGUFSpec}
+def _resolve(spec, cfg: ProjectConfig) -> Variant:
+    from . import formats
 
-
-def _resolve(spec: GPTQSpec | AWQSpec | GGUFSpec, cfg: ProjectConfig) -> Variant:
-    base = cfg.base_model.display_name
-    owner = cfg.owner or "local"
-    if isinstance(spec, GPTQSpec):
-        name = naming.gptq_short_name(spec.bits, spec.group_size, spec.desc_act)
-        branch = naming.gptq_branch(spec.bits, spec.group_size, spec.desc_act)
-        repo = cfg.repos.gptq or f"{owner}/{base}-GPTQ"
-    elif isinstance(spec, AWQSpec):
-        name = branch = naming.awq_short_name(spec.bits, spec.group_size)
-        repo = cfg.repos.awq or f"{owner}/{base}-AWQ"
-    else:
-        name = branch = naming.gguf_short_name(spec.quant_type, imatrix=spec.imatrix is not None)
-        repo = cfg.repos.gguf or f"{owner}/{base}-GGUF"
-    calibration = None if isinstance(spec, GGUFSpec) else (spec.calibration or cfg.calibration)
-    return Variant(name=name, branch=branch, spec=spec, repo=repo, default=spec.default, calibration=calibration)
+    fmt = formats.get(spec.format)
+    name, branch = fmt.names(spec)
+    repo = cfg.repos.get(fmt.name) or f"{cfg.owner or 'local'}/{cfg.base_model.display_name}-{fmt.title}"
+    return Variant(name=name, branch=branch, spec=spec, repo=repo, default=spec.default,
+                   calibration=fmt.calibration(spec, cfg.calibration))
 
 
 def find_recipe(root: Path, name: str) -> Path:
@@ -433,6 +372,9 @@ def parse_config(data: Any, file: Path) -> Project:
         raise _pydantic_error(file, err) from None
 
     _check_names(file, cfg)
+    _check_repo_formats(file, cfg)
+    from . import formats
+
     variants: list[Variant] = []
     for index, entry in enumerate(cfg.variants):
         where = f"variants[{index}]"
@@ -443,10 +385,10 @@ def parse_config(data: Any, file: Path) -> Project:
         for combo in expanded:
             fmt = combo.get("format")
             label = where + (f" ({', '.join(f'{k}={v}' for k, v in combo.items() if k != 'format')})" if "matrix" in entry else "")
-            if fmt not in _SPEC_TYPES:
-                raise ConfigError(file, f"{label}.format", f"unknown format {fmt!r}", _FIXES["format"])
+            if fmt not in formats.FORMATS:
+                raise ConfigError(file, f"{label}.format", f"unknown format {fmt!r}", "use " + formats.names_text())
             try:
-                spec = _SPEC_TYPES[fmt].model_validate(combo)
+                spec = formats.get(fmt).spec_type.model_validate(combo)
             except ValidationError as err:
                 raise _pydantic_error(file, err, label) from None
             variants.append(_resolve(spec, cfg))
@@ -486,12 +428,14 @@ def _check_names(file: Path, cfg: ProjectConfig) -> None:
         source = "id" if base.id else "path" if base.path else "pypi_gguf.member"
         raise ConfigError(file, f"base_model.{source}", f"gives the model name {base.display_name!r}, "
                           "which is not a safe file name", "set base_model.name (letters, digits, '.', '_', '-')")
+    from . import formats
+
     owner = cfg.owner or "local"
-    for fmt, suffix in (("gptq", "GPTQ"), ("awq", "AWQ"), ("gguf", "GGUF")):
-        repo = getattr(cfg.repos, fmt) or f"{owner}/{base.display_name}-{suffix}"
+    for fmt in formats.FORMATS.values():
+        repo = cfg.repos.get(fmt.name) or f"{owner}/{base.display_name}-{fmt.title}"
         if repo_id_problem(repo):
-            raise ConfigError(file, f"repos.{fmt}", f"the default repo {repo!r} {repo_id_problem(repo)}",
-                              f"set repos.{fmt} to OWNER/NAME or shorten base_model.name")
+            raise ConfigError(file, f"repos.{fmt.name}", f"the default repo {repo!r} {repo_id_problem(repo)}",
+                              f"set repos.{fmt.name} to OWNER/NAME or shorten base_model.name")
 
 
 def _check_unique(file: Path, variants: list[Variant]) -> None:
@@ -509,8 +453,10 @@ def _check_unique(file: Path, variants: list[Variant]) -> None:
 
 def _assign_defaults(file: Path, variants: list[Variant]) -> list[Variant]:
     """At most one default per format; a format with a single variant defaults to it."""
+    from . import formats
+
     out = list(variants)
-    for fmt in ("gptq", "awq", "gguf"):
+    for fmt in formats.FORMATS:
         members = [v for v in out if v.format == fmt]
         marked = [v for v in members if v.default]
         if len(marked) > 1:
@@ -518,7 +464,7 @@ def _assign_defaults(file: Path, variants: list[Variant]) -> list[Variant]:
                 file, "variants.default", f"{fmt} has {len(marked)} defaults ({', '.join(v.name for v in marked)})",
                 "mark exactly one variant per format `default: true`",
             )
-        if fmt != "gguf" and len(members) > 1 and not marked:
+        if formats.get(fmt).needs_default and len(members) > 1 and not marked:
             raise ConfigError(
                 file, "variants.default", f"{fmt} has {len(members)} variants and none is `default: true`",
                 "mark the one that goes on the repo's main branch",

@@ -20,6 +20,7 @@ from .config import Strict, load_yaml
 from .errors import CalibrationError, ConfigError
 from .hashing import sha256_bytes, sha256_json
 from .textsource import TextSource
+from .records import EvalStats
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,6 @@ class EvalRecipe(Strict):
     min_chars: int = Field(0, ge=0)
     n_ctx: int = Field(512, gt=1)
     max_windows: int = Field(16, gt=0, description="score at most this many windows (the first ones)")
-
-
-class EvalStats(BaseModel):
-    eval: str
-    source: str
-    hash: str
-    windows: int
-    n_ctx: int
-    scored_tokens: int
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, RootModel, model_validator
 
 from .config import FieldProblem, Strict, load_yaml
+from .records import Verdict
 
 
 class Gate(Strict):
@@ -17,24 +18,23 @@ class Gate(Strict):
     smoke: Literal["required", "report"] = "required"
 
 
-class Gates(Strict):
-    gptq: Gate = Gate()
-    awq: Gate = Gate()
-    gguf: Gate = Gate()
+class Gates(RootModel[dict[str, Gate]]):
+    """format name -> its gate; a format the file does not name is judged on the template and smoke chat only."""
 
     @model_validator(mode="after")
-    def _some_gate(self) -> "Gates":
-        """A gates file that names no format would judge nothing: refuse it rather than pass everything."""
-        if not self.model_fields_set:
-            raise FieldProblem("no format has gates", "set limits under gptq, awq or gguf, e.g. `gguf: {max_ppl_ratio: 1.2}`")
+    def _known_formats(self) -> "Gates":
+        from . import formats
+
+        unknown = sorted(set(self.root) - set(formats.FORMATS))
+        if unknown:
+            raise FieldProblem(f"unknown format {unknown[0]!r}", f"use {formats.names_text()}")
+        if not self.root:  # a gates file that names no format would judge nothing: refuse it, do not pass everything
+            raise FieldProblem("no format has gates",
+                               f"set limits under {formats.names_text()}, e.g. `gguf: {{max_ppl_ratio: 1.2}}`")
         return self
 
-
-class Verdict(BaseModel):
-    gate: str
-    limit: float | str
-    value: float | str | None
-    passed: bool
+    def get(self, fmt: str) -> Gate:
+        return self.root.get(fmt, Gate())
 
 
 def load_gates(path) -> Gates:

@@ -13,14 +13,10 @@ from typing import Iterator
 
 from pydantic import BaseModel
 
+from .records import StageMeasure
+
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
-
-
-class StageMeasure(BaseModel):
-    seconds: float
-    peak_rss_bytes: int | None
-    peak_cuda_bytes: int | None = None
 
 
 def _reset_peaks() -> None:

@@ -13,12 +13,7 @@ from pydantic import BaseModel
 from .errors import EngineError
 from .hashing import file_sha256
 from .paths import write_atomic
-
-
-class OutputFile(BaseModel):
-    path: str
-    size: int
-    sha256: str
+from .records import OutputFile
 
 
 MODEL_SUFFIXES = (".safetensors", ".gguf")

@@ -12,14 +12,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import naming
+from . import formats
 from .calibration import load_recipe
-from .config import AWQSpec, GGUFSpec, GPTQSpec, Project, Variant
+from .config import Project, Variant
 from .errors import EngineError
-from .sizes import param_count, predict_awq, predict_gguf_many, predict_gptq
-
-GGUF_RAM_OVERHEAD = int(2.5e9)  # publishers' "max RAM = file size + 2.5 GB" for llama.cpp on CPU
-DEFAULT_RUN_SEQ_LEN = 4096
+from .sizes import param_count
 
 
 @dataclass
@@ -58,77 +55,34 @@ def workspace_bytes(config: dict, seq_len: int) -> int:
     return seq_len * config["vocab_size"] * 4 + seq_len * (4 * hidden + 3 * inter) * 2
 
 
-def runner(variant: Variant) -> str:
-    """GPTQ/AWQ, and GGUF with an importance matrix, run a model forward: a GPU runner. Plain GGUF: CPU."""
-    return "cpu" if isinstance(variant.spec, GGUFSpec) and not variant.spec.imatrix else "gpu"
-
-
-def clients(spec) -> list[str]:
-    if isinstance(spec, GPTQSpec):
-        out = ["transformers", "TGI"]
-        if spec.bits == 4:
-            out.append("ExLlama")
-        if spec.sym and spec.bits in (4, 8) and spec.group_size in (-1, 32, 64, 128):
-            out.append("vLLM (Marlin)")
-        return out
-    if isinstance(spec, AWQSpec):
-        return ["transformers", "vLLM", "TGI"]
-    return ["llama.cpp"]
-
-
 class Planner:
     """Predictions for one project's variants, from the base model's config.json."""
 
     def __init__(self, project: Project, config: dict, model_dir: Path | None = None):
         self.project, self.config, self.model_dir = project, config, model_dir
         self.params = param_count(config)
-        self._gguf: dict[str, int] | None = None
-
-    def _gguf_sizes(self) -> dict[str, int]:
-        if self._gguf is None:
-            types = sorted({v.spec.quant_type for v in self.project.variants if isinstance(v.spec, GGUFSpec)})
-            has_tokenizer = self.model_dir is not None and any(
-                (self.model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
-            self._gguf = predict_gguf_many(self.config, types, self.model_dir if has_tokenizer else None)
-        return self._gguf
+        self.cache: dict = {}  # per-format shared work (GGUF: one skeleton dry run for every type)
 
     def predicted_bytes(self, variant: Variant) -> int | None:
-        spec = variant.spec
-        if isinstance(spec, GPTQSpec):
-            return predict_gptq(self.config, spec)
-        if isinstance(spec, AWQSpec):
-            return predict_awq(self.config, spec)
-        return self._gguf_sizes().get(spec.quant_type)
+        return formats.of(variant).predict_bytes(self, variant.spec)
 
-    def _recipe(self, name: str):
+    def recipe(self, name: str):
         return load_recipe(self.project.recipe_path(name)).recipe
 
     def row(self, variant: Variant) -> PlanRow:
-        spec = variant.spec
+        fmt = formats.of(variant)
         notes: list[str] = []
         try:
             size = self.predicted_bytes(variant)
         except EngineError as err:
             size, notes = None, [str(err)]
-        if isinstance(spec, GGUFSpec):
-            seq_len = DEFAULT_RUN_SEQ_LEN
-            file = naming.gguf_file_name(self.project.config.base_model.display_name, spec.quant_type,
-                                         imatrix=spec.imatrix is not None)
-            work = "F16 conversion (shared)"
-            if spec.imatrix:
-                recipe = self._recipe(spec.imatrix)
-                work += f"; imatrix on {recipe.samples} x {recipe.seq_len} tokens of {spec.imatrix}"
-            load = None if size is None else size + GGUF_RAM_OVERHEAD
-        else:
-            recipe = self._recipe(variant.calibration)
-            seq_len = spec.seq_len or recipe.seq_len
-            samples = spec.samples or recipe.samples
-            file = "model.safetensors"
-            work = f"{samples} x {seq_len} tokens of {variant.calibration}"
-            load = size
-        run = None if load is None else load + kv_cache_bytes(self.config, seq_len) + workspace_bytes(self.config, seq_len)
+        work = fmt.plan_work(self, variant)
+        load = None if size is None else size + work.load_overhead
+        run = None if load is None else load + kv_cache_bytes(self.config, work.seq_len) + workspace_bytes(
+            self.config, work.seq_len)
         bpw = None if size is None else round(8 * size / self.params, 2)
-        return PlanRow(variant, file, size, bpw, seq_len, load, run, clients(spec), work, runner(variant), notes)
+        return PlanRow(variant, work.file, size, bpw, work.seq_len, load, run, fmt.clients(variant.spec), work.work,
+                       fmt.runner(variant.spec), notes)
 
     def rows(self, variants: list[Variant]) -> list[PlanRow]:
         return [self.row(v) for v in variants]
@@ -142,7 +96,7 @@ def format_table(rows: list[PlanRow], params: int) -> str:
     header = ("VARIANT", "BRANCH / FILE", "BPW", "SIZE GB", "LOAD GB", "RUN GB", "SEQ", "CLIENTS", "WORK")
     lines = [header]
     for r in rows:
-        where = r.file if r.variant.format == "gguf" else r.variant.branch + (" (+main)" if r.variant.default else "")
+        where = formats.of(r.variant).plan_location(r.variant, r.file)
         lines.append((r.variant.name, where, "?" if r.bits_per_weight is None else f"{r.bits_per_weight:.2f}",
                       _gb(r.bytes), _gb(r.load_bytes), _gb(r.run_bytes), str(r.seq_len), ", ".join(r.clients), r.work))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -16,12 +16,13 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from . import formats
 from .card import PLOT_NAME, write_cards
 from .config import Project, Variant
 from .errors import QuantizeError
 from .hashing import file_sha256
 from .outputs import write_json
-from .report import Report, now, read_report
+from .records import Report, now, read_report
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,7 @@ def mismatches(files: list[LocalFile], remote: dict[str, RemoteFile]) -> list[st
 
 def targets(variant: Variant) -> list[Target]:
     """The variant's own branch; `main` for a format's default; every GGUF file also on the GGUF repo's main."""
-    out = [Target(variant.repo, variant.branch, exclusive=True)]
-    if variant.format == "gguf":
-        out.append(Target(variant.repo, "main", exclusive=False))
-    elif variant.default:
-        out.append(Target(variant.repo, "main", exclusive=True))
-    return out
+    return [Target(variant.repo, branch, exclusive=exclusive) for branch, exclusive in formats.of(variant).targets(variant)]
 
 
 def publishable(variant: Variant, folder: Path) -> Report:

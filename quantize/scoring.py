@@ -113,32 +113,41 @@ def score(windows: np.ndarray, logits_fn: LogitsFn, ref: Reference | None = None
     return out
 
 
-def hf_logits_fn(model_dir: Path, device: str = "cpu", dtype=None, **load_kwargs) -> LogitsFn:
+def default_device() -> str:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    kwargs = {"device_map": device, **load_kwargs}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    model.eval()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def logits(window: np.ndarray) -> np.ndarray:
+
+class HFScorer:
+    """A transformers checkpoint (unquantized, GPTQ or AWQ) as the checks use it."""
+
+    def __init__(self, model_dir: Path, device: str = "cpu", dtype=None, **load_kwargs):
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"device_map": device, **load_kwargs}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        self.model.eval()
+
+    def logits(self, window: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.no_grad():
-            ids = torch.from_numpy(window).unsqueeze(0).to(model.device)
-            return model(ids).logits[0].float().cpu().numpy()
+            ids = torch.from_numpy(window).unsqueeze(0).to(self.model.device)
+            return self.model(ids).logits[0].float().cpu().numpy()
 
-    logits.model = model  # for smoke chat and memory measurement
-    return logits
+    def greedy(self, ids: list[int], max_new_tokens: int, stop: int | None, pad: int | None = None) -> list[int]:
+        """Greedy continuation; generation stops at the model's own end tokens (its generation config)."""
+        import torch
+
+        with torch.no_grad():
+            out = self.model.generate(torch.tensor([ids], device=self.model.device), max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=stop if pad is None else pad)
+        return out[0, len(ids):].tolist()
 
 
-def gguf_logits_fn(path: Path, n_ctx: int) -> LogitsFn:
-    from .llamacpp import gguf_logits, load_gguf
-
-    llm = load_gguf(path, n_ctx=n_ctx)
-
-    def logits(window: np.ndarray) -> np.ndarray:
-        return gguf_logits(llm, window)
-
-    logits.llm = llm
-    return logits
+def hf_logits_fn(model_dir: Path, device: str = "cpu", dtype=None, **load_kwargs) -> LogitsFn:
+    """A LogitsFn over a transformers checkpoint (tests and benches compare against it)."""
+    return HFScorer(model_dir, device, dtype, **load_kwargs).logits

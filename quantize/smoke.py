@@ -12,6 +12,7 @@ import re
 from pydantic import BaseModel, Field
 
 from .config import Strict, load_yaml
+from .records import Reply
 
 MARKER = re.compile(r"<\|[^|>]{1,32}\|>|\[/?INST\]")
 
@@ -24,12 +25,6 @@ class SmokePrompt(Strict):
 class SmokeSuite(Strict):
     max_new_tokens: int = Field(48, gt=0)
     prompts: list[SmokePrompt] = Field(min_length=1)
-
-
-class Reply(BaseModel):
-    prompt: str
-    reply: str
-    problems: list[str]
 
 
 def load_suite(path) -> SmokeSuite:

@@ -15,7 +15,7 @@ import yaml
 
 from quantize.card import CardInputs, Row, render
 from quantize.config import load_config
-from quantize.report import Report
+from quantize.records import Report
 
 GOLDEN = Path(__file__).parent / "golden" / "card"
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantize.gguf_convert import ModelMeta, convert
-from quantize.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
+from quantize.formats.gguf.convert import ModelMeta, convert
+from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
 
 from conftest import run_cli, write_config
 
@@ -134,7 +134,7 @@ def test_every_type_quantizes_and_loads(built, quant_type):
     assert report["files"][0]["size"] == path.stat().st_size
     assert 1.5 < report["bits_per_weight"] < 17
     file_type = {f.name: f.contents() for f in GGUFReader(path).fields.values() if f.name == "general.file_type"}
-    assert file_type["general.file_type"] == __import__("quantize.gguf_quant", fromlist=["x"]).file_type(quant_type)
+    assert file_type["general.file_type"] == __import__("quantize.formats.gguf.quantize", fromlist=["x"]).file_type(quant_type)
     llm = load_gguf(path, n_ctx=64)
     logits = gguf_logits(llm, [5, 6, 7, 8])
     assert np.isfinite(logits).all()

@@ -14,8 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from quantize.gptq import autogptq_config
-from quantize.config import GPTQSpec
+from quantize.formats.gptq import GPTQSpec, autogptq_config
 
 from conftest import ROOT, run_cli, write_config
 

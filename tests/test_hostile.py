@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from quantize import assets, card, naming
+from quantize import assets, card
+import quantize.card.markdown
+from quantize.formats import gguf as gguf_format
 from quantize.config import PypiFile
 from quantize.errors import AssetError
 
@@ -98,12 +100,12 @@ def test_a_model_name_taken_from_the_folder_obeys_the_same_rule(work):
 
 def test_file_names_and_card_links_never_interpret_user_text():
     with pytest.raises(ValueError):
-        naming.gguf_file_name("../../escaped", "F16")
-    assert naming.gguf_file_name("zephyr-7b-beta", "q4_k_m", imatrix=True) == "zephyr-7b-beta.i1-Q4_K_M.gguf"
+        gguf_format.file_name("../../escaped", "F16")
+    assert gguf_format.file_name("zephyr-7b-beta", "q4_k_m", imatrix=True) == "zephyr-7b-beta.i1-Q4_K_M.gguf"
     inputs = SimpleNamespace(repo="o/x{0}{foo}")
-    cell = card._branch_cell(inputs, SimpleNamespace(default=False, branch="gptq-4bit-32g-actorder_True"))
+    cell = card.markdown.branch_cell(inputs, SimpleNamespace(default=False, branch="gptq-4bit-32g-actorder_True"))
     assert cell == "[gptq-4bit-32g-actorder_True](https://huggingface.co/o/x{0}{foo}/tree/gptq-4bit-32g-actorder_True)"
-    assert card._branch_cell(inputs, SimpleNamespace(default=True, branch="b")).startswith("[main](")
+    assert card.markdown.branch_cell(inputs, SimpleNamespace(default=True, branch="b")).startswith("[main](")
 
 
 # -- 2. wheel assets ----------------------------------------------------------------------------------------------

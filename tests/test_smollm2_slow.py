@@ -73,8 +73,8 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
 
     from quantize.basemodel import resolve_base
     from quantize.config import load_config
-    from quantize.gguf_convert import ModelMeta, convert
-    from quantize.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
+    from quantize.formats.gguf.convert import ModelMeta, convert
+    from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
 
     from test_gguf import TRICKY
 

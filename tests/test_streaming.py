@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantize.imatrix import compute_imatrix
+from quantize.formats.gguf.imatrix import compute_imatrix
 from quantize.scoring import hf_logits_fn, reference
 from quantize.streaming import LayerStream
 

@@ -25,7 +25,7 @@ def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndar
     """
     import torch
 
-    from .streaming import LayerStream
+    from ...streaming import LayerStream
 
     stream = LayerStream(model_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, stream.config.num_hidden_layers)

@@ -11,17 +11,16 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import naming
-from .basemodel import ResolvedBase
-from .calibration import CalibrationSet
-from .config import GGUFSpec
-from .engine import EngineResult
-from .gguf_convert import OUTTYPES, ModelMeta, convert
-from .gguf_quant import quantize_file
-from .hashing import sha256_json, short
+from ...basemodel import ResolvedBase
+from ...calibration import CalibrationSet
+from ...hashing import sha256_json, short
+from ...measure import Stages
+from ...paths import cache_dir, compute_once
+from ..base import EngineResult
+from . import file_name
+from .convert import OUTTYPES, ModelMeta, convert
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
-from .measure import Stages
-from .paths import cache_dir, compute_once
+from .quantize import quantize_file
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ CONVERTER_VERSION = 1  # bump when gguf_convert writes different bytes for the s
 def f16_gguf(base: ResolvedBase, meta: ModelMeta) -> Path:
     """The base model as an F16 GGUF, converted once and cached."""
     key = short(sha256_json({"base": base.hash, "meta": meta.__dict__, "converter": CONVERTER_VERSION}))
-    path = cache_dir() / "gguf" / key / naming.gguf_file_name(meta.name, "F16")
+    path = cache_dir() / "gguf" / key / file_name(meta.name, "F16")
     def make(tmp: Path) -> None:
         log.info("converting %s to F16 GGUF (once; cached in %s)", meta.name, path.parent)
         convert(base.path, tmp, "F16", meta)
@@ -55,7 +54,7 @@ def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
 
 def build_gguf(base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None,
                out: Path, stages: Stages) -> EngineResult:
-    target = out / naming.gguf_file_name(meta.name, spec.quant_type, imatrix=spec.imatrix is not None)
+    target = out / file_name(meta.name, spec.quant_type, imatrix=spec.imatrix is not None)
     if spec.quant_type in OUTTYPES and spec.quant_type != "F16":
         with stages.stage("convert"):
             convert(base.path, target, spec.quant_type, meta)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Project
-from .outputs import model_bytes, write_json
-from .report import read_report
+from .. import formats
+from ..config import Project
+from ..outputs import model_bytes, write_json
+from ..records import read_report
 
 COLUMNS = ("format", "variant", "size_gb", "bpw", "ppl", "delta", "kld", "top1", "memory_gb", "gate")
 
@@ -75,13 +76,12 @@ def plot(table: Table, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    markers = {"gptq": "o", "awq": "s", "gguf": "^"}
     checked = [r for r in table.rows if r["kld"] is not None]
-    for fmt, marker in markers.items():
-        points = [r for r in checked if r["format"] == fmt]
+    for fmt in formats.FORMATS.values():
+        points = [r for r in checked if r["format"] == fmt.name]
         if points:
-            ax.scatter([r["size_gb"] for r in points], [max(r["kld"], 1e-6) for r in points], marker=marker,
-                       label=fmt.upper(), s=36)
+            ax.scatter([r["size_gb"] for r in points], [max(r["kld"], 1e-6) for r in points], marker=fmt.plot_marker,
+                       label=fmt.title, s=36)
             for r in points:
                 ax.annotate(r["variant"], (r["size_gb"], max(r["kld"], 1e-6)), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")

@@ -1,7 +1,10 @@
-"""report.json: the machine-readable record of one variant, written beside its files.
+"""Every on-disk record: report.json and what it holds (stage measures, files, calibration and eval
+stats, check results, verdicts, smoke replies).
 
-Later stages (checks, cards, publishing) read only this, so it carries every input
-hash, the versions that produced the files, and each file's size and sha256.
+The bottom of the import graph (it imports only the config schema): cards and publishing
+read records without importing the check stack or torch. Later stages read only
+report.json, so it carries every input hash, the versions that produced the files, and
+each file's size and sha256.
 """
 
 from __future__ import annotations
@@ -15,16 +18,86 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from .calibration import CalibrationStats
-from .checks import CheckReport
 from .config import Variant
-from .measure import StageMeasure
-from .outputs import OutputFile
 
 REPORT_NAME = "report.json"
 SCHEMA_VERSION = 1
 TRACKED_PACKAGES = ("quantize", "torch", "transformers", "gptqmodel", "tokenizers", "safetensors", "gguf",
                     "llama-cpp-python", "numpy")
+
+
+class StageMeasure(BaseModel):
+    seconds: float
+    peak_rss_bytes: int | None
+    peak_cuda_bytes: int | None = None
+
+
+class OutputFile(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class CalibrationStats(BaseModel):
+    """What went into the token tensor; recorded in every report.json."""
+
+    recipe: str
+    source: str
+    hash: str
+    documents: int
+    characters: int
+    tokens: int
+    samples: int
+    seq_len: int
+    seed: int
+
+
+class EvalStats(BaseModel):
+    eval: str
+    source: str
+    hash: str
+    windows: int
+    n_ctx: int
+    scored_tokens: int
+
+
+class Reply(BaseModel):
+    prompt: str
+    reply: str
+    problems: list[str]
+
+
+class Verdict(BaseModel):
+    gate: str
+    limit: float | str
+    value: float | str | None
+    passed: bool
+
+
+class Memory(BaseModel):
+    peak_rss_bytes: int | None
+    peak_cuda_bytes: int | None = None
+    load_cuda_bytes: int | None = None
+    forward_cuda_bytes: int | None = None  # one batch-1 forward at the variant's sequence length
+    predicted_load_bytes: int | None = None
+    predicted_run_bytes: int | None = None
+    max_ram_required_bytes: int | None = None  # GGUF, as publishers state it: file + 2.5 GB
+
+
+class CheckReport(BaseModel):
+    eval: EvalStats
+    base_ppl: float
+    ppl: float
+    ppl_delta: float
+    ppl_ratio: float
+    mean_kld: float
+    p99_kld: float
+    top1_agreement: float
+    memory: Memory
+    template_problem: str | None
+    replies: list[Reply]
+    verdicts: list[Verdict]
+    passed: bool
 
 
 class VariantInfo(BaseModel):
@@ -74,7 +147,7 @@ class Report(BaseModel):
     checks: CheckReport | None = None
 
     def write(self, folder: Path) -> Path:
-        from .outputs import write_json
+        from .outputs import write_json  # outputs imports this module: a write helper, not a record
 
         path = Path(folder) / REPORT_NAME
         write_json(path, self.model_dump(mode="json"))

@@ -17,12 +17,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .errors import EngineError
-from .progress import bar
+from ...basemodel import SUPPORTED_ARCHITECTURES
+from ...errors import EngineError
+from ...progress import bar
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 OUTTYPES = {
     "F32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
     "F16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),

@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .errors import EngineError
+from ...errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,90 @@
+"""The pieces every card section is written with: the inputs, numbers and tables as cards show them.
+
+Kept apart from `render` (which asks the format registry for its sections) so that format
+modules can write their sections with the same cells without importing the renderer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import Project, Variant
+from ..outputs import model_bytes
+from ..records import Report
+
+HUB = "https://huggingface.co"
+PLOT_NAME = "comparison.png"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One published variant, as the card shows it."""
+
+    variant: Variant
+    report: Report
+
+    @property
+    def size(self) -> int:
+        return model_bytes(self.report.files)
+
+
+@dataclass
+class CardInputs:
+    project: Project
+    repo: str
+    format: str
+    rows: list[Row]
+    model_type: str | None
+    base_card: str | None
+    family: dict[str, str] = field(default_factory=dict)  # format -> repo, every repo of this project
+    has_plot: bool = False
+
+
+def gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def vram(r: Row) -> str:
+    m = r.report.checks.memory if r.report.checks else None
+    if m and m.peak_cuda_bytes:
+        return gb(m.peak_cuda_bytes)
+    if m and m.predicted_run_bytes:
+        return f"~{gb(m.predicted_run_bytes)}"
+    return "-"
+
+
+def quality(r: Row) -> list[str]:
+    ch = r.report.checks
+    return [num(ch and ch.ppl, ".3f"), num(ch and ch.ppl_delta, "+.3f"), num(ch and ch.mean_kld, ".4f")]
+
+
+def branch_cell(c: CardInputs, v: Variant) -> str:
+    # f-strings only: the repo is the user's text, and str.format would read braces in it.
+    if v.default:
+        return f"[main]({HUB}/{c.repo}/tree/main) (= {v.branch})"
+    return f"[{v.branch}]({HUB}/{c.repo}/tree/{v.branch})"
+
+
+def calibration_cells(r: Report) -> tuple[str, str]:
+    cal = r.inputs.calibration
+    return (cal.recipe, str(cal.seq_len)) if cal else ("-", "-")
+
+
+def table(head: list[str], base: list[str] | None, rows: list[list[str]]) -> str:
+    """A Markdown table; `base` (the unquantized model's row) goes first when there is one."""
+    lines = [head, ["---"] * len(head)] + ([base] if base else []) + rows
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def base_ppl(c: CardInputs) -> float | None:
+    return next((r.report.checks.base_ppl for r in c.rows if r.report.checks), None)
+
+
+def chat_prompt(c: CardInputs) -> str:
+    """The prompt template filled with the usage examples' message."""
+    cfg = c.project.config
+    return cfg.prompt_template.replace("{system}", cfg.system_prompt or "").replace("{prompt}", "Tell me about AI")

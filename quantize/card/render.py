@@ -1,0 +1,162 @@
+"""`card`: one README.md per output repo, written from the variants' reports.
+
+A card people trust says what each file is, how it was made and how much it lost, in
+numbers measured on the published bytes. Everything here comes from report.json files
+and the config; `render` is a pure function of `CardInputs`, so the layout is held by
+golden-file tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+from huggingface_hub import ModelCardData
+
+from .. import __version__, formats
+from ..config import Project
+from ..paths import write_atomic
+from ..records import read_report
+from .markdown import HUB, PLOT_NAME, CardInputs, Row
+
+log = logging.getLogger(__name__)
+
+
+def _front_matter(c: CardInputs) -> str:
+    base = c.project.config.base_model
+    cfg = c.project.config
+    data = ModelCardData(
+        base_model=base.id, inference=False, license=base.license, model_creator=base.creator,
+        model_name=base.display_name, model_type=c.model_type, prompt_template=cfg.prompt_template,
+        quantized_by=cfg.quantized_by or c.repo.split("/")[0], tags=formats.get(c.format).card_tags(c.rows),
+    )
+    return f"---\n{yaml.dump(data.to_dict(), Dumper=_CardDumper, sort_keys=False, allow_unicode=True).strip()}\n---\n"
+
+
+class _CardDumper(yaml.SafeDumper):
+    """Multi-line strings (the prompt template) as literal blocks, the way people write them in cards."""
+
+
+_CardDumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
+def _title(c: CardInputs) -> str:
+    base = c.project.config.base_model
+    creator = base.creator or (base.id.split("/")[0] if base.id else None)
+    fmt = formats.get(c.format)
+    lines = [f"# {base.display_name} - {fmt.title}", ""]
+    if creator:
+        lines.append(f"- Model creator: {creator}")
+    if base.id:
+        lines.append(f"- Original model: [{base.display_name}]({HUB}/{base.id})")
+    made = fmt.card_engine(c.rows[0].report.versions)
+    ev = next((r.report.checks.eval for r in c.rows if r.report.checks), None)
+    lines += ["", "## Description", "",
+              f"{fmt.title} files of {creator + chr(39) + 's ' if creator else ''}{base.display_name}, made with {made} by "
+              f"quantize {__version__}. Each file was checked against the unquantized model before it was "
+              "published, and the figures below were measured on the published bytes: perplexity and KL divergence"
+              + (f" on {ev.source} ({ev.windows} windows of {ev.n_ctx} tokens, {ev.scored_tokens:,} scored tokens, "
+                 "second half of each window as llama.cpp's `perplexity` scores it)" if ev else "")
+              + ", memory, and a short chat in the prompt template below."]
+    return "\n".join(lines)
+
+
+def _family(c: CardInputs) -> str:
+    base = c.project.config.base_model
+    lines = ["## Repositories available", ""]
+    for fmt in sorted(formats.FORMATS.values(), key=lambda f: f.family_rank):
+        if fmt.name in c.family:
+            here = " (this repo)" if c.family[fmt.name] == c.repo else ""
+            lines.append(f"* [{fmt.family_line}]({HUB}/{c.family[fmt.name]}){here}")
+    if base.id:
+        lines.append(f"* [{base.creator or base.id.split('/')[0]}'s original unquantized model]({HUB}/{base.id})")
+    return "\n".join(lines)
+
+
+def _template(c: CardInputs) -> str:
+    return f"## Prompt template\n\n```\n{c.project.config.prompt_template}\n```"
+
+
+def _original(c: CardInputs) -> str:
+    base = c.project.config.base_model
+    who = f"{base.creator}'s " if base.creator else ""
+    if not c.base_card:
+        where = f" See [{base.id}]({HUB}/{base.id})." if base.id else ""
+        return f"# Original model card: {who}{base.display_name}\n\nThe original card was not available when this card was written.{where}"
+    body = re.sub(r"\A\s*---\n.*?\n---\n", "", c.base_card, count=1, flags=re.S).strip()
+    return f"# Original model card: {who}{base.display_name}\n\n{body}"
+
+
+def render(c: CardInputs) -> str:
+    fmt = formats.get(c.format)
+    parts = [_front_matter(c), _title(c), _family(c), _template(c), fmt.card_provided(c), fmt.card_download(c),
+             fmt.card_usage(c)]
+    if c.has_plot:
+        parts.append(f"## Size against quality\n\nEvery variant of the family, file size against mean KL divergence "
+                     f"from the unquantized model:\n\n![size against KLD]({PLOT_NAME})")
+    parts += ["<!-- original-model-card start -->", _original(c), "<!-- original-model-card end -->"]
+    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+# -- gathering ------------------------------------------------------------------------------
+
+def published_rows(project: Project, out_root: Path) -> dict[str, list[Row]]:
+    """Variants that passed their checks, grouped by repo: what a card may list."""
+    rows: dict[str, list[Row]] = {}
+    for variant in project.variants:
+        report = read_report(out_root / variant.branch)
+        if report is not None and report.status == "passed":
+            rows.setdefault(variant.repo, []).append(Row(variant, report))
+    return rows
+
+
+def base_card(project: Project) -> str | None:
+    """The base model's README.md: from its local folder, or the hub when it can be reached."""
+    spec = project.config.base_model
+    if spec.path is not None:
+        path = (spec.path if spec.path.is_absolute() else project.root / spec.path) / "README.md"
+        return path.read_text() if path.is_file() else None
+    if spec.id and spec.pypi_gguf is None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(spec.id, "README.md", revision=spec.revision)).read_text()
+        except Exception as err:  # offline or no card: the card says so
+            log.warning("no original model card for %s: %s", spec.id, type(err).__name__)
+    return None
+
+
+def card_dir(out_root: Path, repo: str) -> Path:
+    return out_root / "cards" / repo.replace("/", "__")
+
+
+def write_cards(project: Project, out_root: Path) -> dict[str, Path]:
+    """Write README.md (and the comparison plot) for every repo with a passed variant; repo -> folder."""
+    from ..basemodel import resolve_config
+    from .compare import collect, plot
+
+    grouped = published_rows(project, out_root)
+    if not grouped:
+        return {}
+    config, _ = resolve_config(project)
+    original = base_card(project)
+    family = {v.format: v.repo for v in project.variants}
+    table = collect(project, out_root)
+    table.rows = [r for r in table.rows if r["gate"] == "pass"]
+    folders = {}
+    for repo, rows in grouped.items():
+        folder = card_dir(out_root, repo)
+        folder.mkdir(parents=True, exist_ok=True)
+        plot(table, folder / PLOT_NAME)
+        inputs = CardInputs(project=project, repo=repo, format=rows[0].variant.format, rows=rows,
+                            model_type=config.get("model_type"), base_card=original, family=family, has_plot=True)
+        write_atomic(folder / "README.md", render(inputs).encode())
+        log.info("card for %s: %s (%d variants)", repo, folder / "README.md", len(rows))
+        folders[repo] = folder
+    for stale in (out_root / "cards").iterdir():
+        if stale not in folders.values() and stale.is_dir():
+            shutil.rmtree(stale)
+    return folders

@@ -1,0 +1,258 @@
+"""GGUF: an F16 conversion on the `gguf` package, quantized by llama.cpp, read by llama.cpp.
+
+The package holds the converter (`convert`), llama.cpp's quantizer (`quantize`), the
+importance matrix (`imatrix`), the llama.cpp loader (`llamacpp`), the build step with its
+shared caches (`build`) and the size prediction by dry run (`sizes`); this module is the
+format as the pipeline sees it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import gguf
+from pydantic import Field, ValidationInfo, field_validator
+
+from ...card.markdown import HUB, CardInputs, Row, base_ppl, chat_prompt, gb, quality, table
+from ...config import SafeName, Strict
+from ...errors import QuantizeError
+from ...naming import is_safe_name
+from ..base import BuildJob, EngineResult, Format, PlanWork
+
+GGUF_RAM_OVERHEAD = int(2.5e9)  # publishers' "max RAM = file size + 2.5 GB" for llama.cpp on CPU
+DEFAULT_RUN_SEQ_LEN = 4096
+
+# What each llama.cpp type is for, in one line; nominal bits as people quote them.
+GGUF_USE = {
+    "Q2_K": (2, "smallest; large quality loss, for when nothing else fits"),
+    "Q3_K_S": (3, "very small; high quality loss"),
+    "Q3_K_M": (3, "very small; high quality loss"),
+    "Q3_K_L": (3, "small; substantial quality loss"),
+    "Q4_0": (4, "legacy 4-bit; prefer Q4_K_M"),
+    "Q4_1": (4, "legacy 4-bit; prefer Q4_K_M"),
+    "Q4_K_S": (4, "small; a little more loss than Q4_K_M"),
+    "Q4_K_M": (4, "medium; balanced quality, the usual choice"),
+    "Q5_0": (5, "legacy 5-bit; prefer Q5_K_M"),
+    "Q5_1": (5, "legacy 5-bit; prefer Q5_K_M"),
+    "Q5_K_S": (5, "large; low quality loss"),
+    "Q5_K_M": (5, "large; very low quality loss"),
+    "Q6_K": (6, "very large; extremely low quality loss"),
+    "Q8_0": (8, "very large; nearly lossless, rarely needed"),
+    "F16": (16, "unquantized 16-bit"),
+    "BF16": (16, "unquantized bfloat16"),
+}
+
+
+def quant_types() -> list[str]:
+    """Every file type llama.cpp writes for a dense model, named as on its command line (`Q4_K_M`).
+
+    Ternary (TQ*), MoE-only and hardware-specific types are left out: they need models
+    trained for them.
+    """
+    skip = {"GUESSED", "MOSTLY_TQ1_0", "MOSTLY_TQ2_0", "MOSTLY_MXFP4_MOE", "MOSTLY_NVFP4", "MOSTLY_Q1_0"}
+    return ["F32" if m == "ALL_F32" else m.removeprefix("MOSTLY_") for m in gguf.LlamaFileType.__members__
+            if m not in skip]
+
+
+def file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
+    """`NAME.Q4_K_M.gguf`; the config refuses unsafe names, and this refuses them again before they reach a path."""
+    if not is_safe_name(model_name):
+        raise ValueError(f"unsafe model name {model_name!r} for a GGUF file name")
+    return f"{model_name}.{'i1-' if imatrix else ''}{quant_type.upper()}.gguf"
+
+
+class GGUFSpec(Strict):
+    format: Literal["gguf"]
+    quant_type: str
+    imatrix: SafeName | None = Field(None, validate_default=True,
+                                     description="calibration recipe for llama.cpp's importance matrix")
+    default: bool = False
+
+    @field_validator("quant_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        valid = quant_types()
+        if value.upper() not in valid:
+            raise ValueError(f"unknown GGUF type {value!r}; valid: {', '.join(valid)}")
+        return value.upper()
+
+    @field_validator("imatrix")
+    @classmethod
+    def _imatrix_when_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from .quantize import NEEDS_IMATRIX
+
+        quant_type = info.data.get("quant_type")
+        if value is None and quant_type in NEEDS_IMATRIX:
+            raise ValueError(f"{quant_type} cannot be made without an importance matrix")
+        return value
+
+
+def model_meta(project):
+    """The GGUF header's general.* fields, from the config."""
+    from .convert import ModelMeta
+
+    cfg = project.config
+    return ModelMeta(name=cfg.base_model.display_name, base_model=cfg.base_model.id,
+                     quantized_by=cfg.quantized_by, license=cfg.base_model.license)
+
+
+class GGUFScorer:
+    """A GGUF loaded in llama.cpp, scored on the same token ids as every other format."""
+
+    model = None  # no torch module: memory is the process's RSS
+
+    def __init__(self, path: Path, n_ctx: int):
+        from .llamacpp import load_gguf
+
+        self.llm = load_gguf(path, n_ctx=n_ctx)
+
+    def logits(self, window):
+        from .llamacpp import gguf_logits
+
+        return gguf_logits(self.llm, window)
+
+    def greedy(self, ids: list[int], max_new_tokens: int, stop: int | None, pad: int | None = None) -> list[int]:
+        from .llamacpp import gguf_greedy
+
+        return gguf_greedy(self.llm, ids, max_new_tokens, stop=stop)
+
+
+def _example(c: CardInputs) -> Row:
+    """The row the examples use: Q4_K_M when there is one, as most users want it."""
+    return next((r for r in c.rows if r.variant.spec.quant_type == "Q4_K_M"), c.rows[0])
+
+
+def _file(row: Row) -> str:
+    return next(f.path for f in row.report.files if f.path.endswith(".gguf"))
+
+
+class GGUF(Format):
+    name = "gguf"
+    title = "GGUF"
+    spec_type = GGUFSpec
+    engine_packages = ("gguf", "llama-cpp-python")
+    family_line = "GGUF models for CPU (and GPU offload) inference with llama.cpp"
+    family_rank = 2
+    plot_marker = "^"
+    needs_default = False  # every file goes on main anyway
+    max_ram_is_load = True
+
+    def names(self, spec: GGUFSpec) -> tuple[str, str]:
+        """`gguf-q4_k_m`; with an importance matrix `gguf-i1-q4_k_m`, after the `i1-` files users know."""
+        name = f"gguf-{'i1-' if spec.imatrix else ''}{spec.quant_type.lower()}"
+        return name, name
+
+    def calibration(self, spec: GGUFSpec, top_level: str) -> str | None:
+        return spec.imatrix  # only an importance matrix needs calibration tokens
+
+    def calibration_overrides(self, spec: GGUFSpec) -> tuple[int | None, int | None]:
+        return None, None
+
+    def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:
+        from .convert import check_architecture
+
+        check_architecture(config, config_file)
+
+    def engine_inputs(self) -> dict[str, str]:
+        from .build import CONVERTER_VERSION
+
+        return {"converter": str(CONVERTER_VERSION)}
+
+    def predict_bytes(self, planner, spec: GGUFSpec) -> int | None:
+        """One skeleton and one dry run per type for the whole project, cached on the planner."""
+        cache = planner.cache.setdefault(self.name, None)
+        if cache is None:
+            from .sizes import predict_gguf_many
+
+            types = sorted({v.spec.quant_type for v in planner.project.variants if v.format == self.name})
+            has_tokenizer = planner.model_dir is not None and any(
+                (planner.model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+            cache = planner.cache[self.name] = predict_gguf_many(
+                planner.config, types, planner.model_dir if has_tokenizer else None)
+        return cache.get(spec.quant_type)
+
+    def plan_work(self, planner, variant) -> PlanWork:
+        spec = variant.spec
+        file = file_name(planner.project.config.base_model.display_name, spec.quant_type, imatrix=bool(spec.imatrix))
+        work = "F16 conversion (shared)"
+        if spec.imatrix:
+            recipe = planner.recipe(spec.imatrix)
+            work += f"; imatrix on {recipe.samples} x {recipe.seq_len} tokens of {spec.imatrix}"
+        return PlanWork(file, work, DEFAULT_RUN_SEQ_LEN, load_overhead=GGUF_RAM_OVERHEAD)
+
+    def plan_location(self, variant, file: str) -> str:
+        return file
+
+    def clients(self, spec: GGUFSpec) -> list[str]:
+        return ["llama.cpp"]
+
+    def runner(self, spec: GGUFSpec) -> str:
+        """An importance matrix runs the model forward (a GPU runner); a plain conversion does not."""
+        return "gpu" if spec.imatrix else "cpu"
+
+    def build(self, job: BuildJob) -> EngineResult:
+        from .build import build_gguf
+
+        return build_gguf(job.base, model_meta(job.project), job.variant.spec, job.calibration, job.out, job.stages)
+
+    def load(self, folder: Path, variant, n_ctx: int, base_config: dict) -> GGUFScorer:
+        found = next(folder.glob("*.gguf"), None)
+        if found is None:
+            raise QuantizeError(f"{folder}: no .gguf file to check",
+                                fix=f"rebuild it: python -m quantize build --variant {variant.name} --force")
+        return GGUFScorer(found, n_ctx)
+
+    def targets(self, variant) -> list[tuple[str, bool]]:
+        """Its own branch, and every GGUF file also on main (beside the others)."""
+        return [(variant.branch, True), ("main", False)]
+
+    # -- card -------------------------------------------------------------------------------------------------------
+    def card_tags(self, rows: list[Row]) -> list[str]:
+        return ["gguf", "quantized", "llama.cpp"]
+
+    def card_engine(self, versions: dict[str, str]) -> str:
+        return f"llama.cpp (llama-cpp-python) {versions.get('llama-cpp-python', '')}".strip()
+
+    def card_provided(self, c: CardInputs) -> str:
+        head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", "PPL", "Δ PPL", "KLD", "Use case"]
+        ppl = base_ppl(c)
+        base = None if ppl is None else ["unquantized", "-", "16", "-", "-", f"{ppl:.3f}", "-", "-",
+                                          "the original model, for reference"]
+        rows = []
+        for r in sorted(c.rows, key=lambda r: (r.report.bits_per_weight, r.variant.name)):
+            spec = r.variant.spec
+            nominal, use = GGUF_USE.get(spec.quant_type, (None, ""))
+            name = _file(r)
+            method = spec.quant_type + (" + imatrix" if spec.imatrix else "")
+            if spec.imatrix:
+                use += f"; importance matrix from {spec.imatrix}"
+            m = r.report.checks.memory if r.report.checks else None
+            ram = gb(m.max_ram_required_bytes) if m and m.max_ram_required_bytes else "-"
+            bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"
+            rows.append([f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)", method, bits,
+                         gb(r.size), ram, *quality(r), use])
+        return ("## Provided files\n\n" + table(head, base, rows)
+                + "\n\nMax RAM required assumes no GPU offloading: the file size plus 2.5 GB. "
+                "Offloading layers to a GPU moves that memory to VRAM.")
+
+    def card_download(self, c: CardInputs) -> str:
+        repo, row = c.repo, _example(c)
+        return "\n".join([
+            "## How to download", "",
+            "Every file is on `main` and on its own branch. Fetch just the one you need:", "",
+            "```shell", f"hf download {repo} {_file(row)} --local-dir .",
+            f"hf download {repo} --revision {row.variant.branch} --local-dir {row.variant.branch}", "```", "",
+            "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same arguments.",
+        ])
+
+    def card_usage(self, c: CardInputs) -> str:
+        first, prompt = _file(_example(c)), chat_prompt(c)
+        return "\n".join([
+            "## How to run it", "", "llama.cpp, as a chat (the prompt template is in the file):", "",
+            "```shell", f"llama-cli -m {first} -c 2048 -cnv", "```", "", "or with a raw prompt:", "",
+            "```shell", f"llama-cli -m {first} -c 2048 --temp 0.7 -e -p {prompt!r}", "```", "",
+            "llama-cpp-python:", "", "```python", "from llama_cpp import Llama", "",
+            f"llm = Llama(model_path={first!r}, n_ctx=2048)",
+            f"print(llm({prompt!r}, max_tokens=256)['choices'][0]['text'])", "```",
+        ])

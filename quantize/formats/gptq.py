@@ -1,0 +1,149 @@
+"""GPTQ, written as the GPTQ v1 checkpoint every GPTQ reader loads.
+
+gptqmodel quantizes and packs; this module configures it and publishes the AutoGPTQ
+key set as `quantize_config.json`, identical to `config.json`'s `quantization_config`,
+without the metadata (and temporary paths) gptqmodel 7.7 records.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..card.markdown import Row
+from ..config import QuantizedSpec
+from ..errors import EngineError
+from ..shapes import needs_slow_cpu_kernel
+from ..sizes import model_tensors, safetensors_bytes
+from .gptqmodel import EngineResult, GPTQModelFormat, publish_configs, run_gptqmodel, written_quantize_config
+
+
+class GPTQSpec(QuantizedSpec):
+    format: Literal["gptq"]
+    bits: Literal[4, 8] = 4
+    desc_act: bool = True
+    damp_percent: float = Field(0.1, gt=0, lt=1)
+    sym: bool = True
+    true_sequential: bool = True
+    static_groups: bool = False
+
+
+def autogptq_config(spec: GPTQSpec) -> dict:
+    """The key set AutoGPTQ-made repos publish (DESIGN.md section 4), in their order."""
+    return {
+        "bits": spec.bits,
+        "group_size": spec.group_size,
+        "damp_percent": spec.damp_percent,
+        "desc_act": spec.desc_act,
+        "static_groups": spec.static_groups,
+        "sym": spec.sym,
+        "true_sequential": spec.true_sequential,
+        "model_name_or_path": None,
+        "model_file_base_name": "model",
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+    }
+
+
+def predict_bytes(config: dict, spec: GPTQSpec) -> int:
+    """qweight, qzeros, fp16 scales and g_idx per linear; everything else in fp16."""
+    entries = []
+    for t in model_tensors(config):
+        if not t.is_linear:
+            entries.append((t.name, "F16", t.shape, t.numel * 2))
+            continue
+        out_f, in_f = t.shape
+        groups = 1 if spec.group_size == -1 else math.ceil(in_f / spec.group_size)
+        stem = t.name.removesuffix(".weight")
+        entries += [
+            (f"{stem}.qweight", "I32", (in_f * spec.bits // 32, out_f), in_f * spec.bits // 32 * out_f * 4),
+            (f"{stem}.qzeros", "I32", (groups, out_f * spec.bits // 32), groups * out_f * spec.bits // 32 * 4),
+            (f"{stem}.scales", "F16", (groups, out_f), groups * out_f * 2),
+            (f"{stem}.g_idx", "I32", (in_f,), in_f * 4),
+        ]
+    return safetensors_bytes(entries)
+
+
+def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+    result = run_gptqmodel(base_path, {
+        "bits": spec.bits,
+        "group_size": spec.group_size,
+        "desc_act": spec.desc_act,
+        "act_group_aware": False,  # gptqmodel's own reordering; off so desc_act means what AutoGPTQ meant
+        "damp_percent": spec.damp_percent,
+        "sym": spec.sym,
+        "true_sequential": spec.true_sequential,
+        "static_groups": spec.static_groups,
+    }, input_ids, out)
+    written = written_quantize_config(out)
+    if written.get("checkpoint_format") != "gptq" or written.get("bits") != spec.bits:
+        raise EngineError(f"gptqmodel wrote {written.get('checkpoint_format')} {written.get('bits')}-bit, expected gptq v1 {spec.bits}-bit")
+    config = autogptq_config(spec)
+    publish_configs(out, config, {"quantize_config.json": config})
+    return result
+
+
+def short_name(bits: int, group_size: int, desc_act: bool) -> str:
+    name = f"gptq-{bits}bit" + ("" if group_size == -1 else f"-{group_size}g")
+    return name if desc_act else f"{name}-noact"
+
+
+def branch(bits: int, group_size: int, desc_act: bool) -> str:
+    """TheBloke's branch names (`gptq-4bit-32g-actorder_True`), so download commands carry over."""
+    return f"gptq-{bits}bit-{group_size}g-actorder_{desc_act}"
+
+
+def _description(spec: GPTQSpec) -> str:
+    grouping = {-1: "No grouping: the smallest file at this bit width, the least accurate",
+                32: "Group size 32: the most accurate at this bit width, the largest file",
+                64: "Group size 64: between 32g and 128g in accuracy and size",
+                128: "Group size 128: the usual balance of accuracy and size"}.get(
+        spec.group_size, f"Group size {spec.group_size}")
+    text = grouping + ("; act order" if spec.desc_act else "")
+    if spec.bits == 8:
+        text += "; 8-bit is close to the unquantized model at about twice the 4-bit size"
+    return text + "."
+
+
+class GPTQ(GPTQModelFormat):
+    name = "gptq"
+    title = "GPTQ"
+    spec_type = GPTQSpec
+    family_line = "GPTQ models for GPU inference, with several parameter choices"
+    family_rank = 1
+    plot_marker = "o"
+    config_files = "`quantize_config.json` and `config.json` carry the same parameters (`checkpoint_format: gptq`)."
+
+    def names(self, spec: GPTQSpec) -> tuple[str, str]:
+        return (short_name(spec.bits, spec.group_size, spec.desc_act),
+                branch(spec.bits, spec.group_size, spec.desc_act))
+
+    def predict_bytes(self, planner, spec: GPTQSpec) -> int:
+        return predict_bytes(planner.config, spec)
+
+    def clients(self, spec: GPTQSpec) -> list[str]:
+        out = ["transformers", "TGI"]
+        if spec.bits == 4:
+            out.append("ExLlama")
+        if spec.sym and spec.bits in (4, 8) and spec.group_size in (-1, 32, 64, 128):
+            out.append("vLLM (Marlin)")
+        return out
+
+    def quantize(self, base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+        return quantize_gptq(base_path, spec, input_ids, out)
+
+    def load_kwargs(self, spec: GPTQSpec, base_config: dict, device: str) -> dict:
+        """On a CPU, 4-bit GPTQ layouts the fast int4 kernel refuses load with gptqmodel's torch backend."""
+        if device == "cpu" and needs_slow_cpu_kernel(base_config, spec.bits, spec.group_size):
+            from transformers import GPTQConfig
+
+            return {"quantization_config": GPTQConfig(bits=spec.bits, backend="torch")}
+        return {}
+
+    def card_row(self, r: Row) -> tuple[str, str, str]:
+        spec = r.variant.spec
+        return str(spec.desc_act), f"{spec.damp_percent:g}", _description(spec)

@@ -1,0 +1,245 @@
+"""Weight-only formats made by gptqmodel (GPTQ, AWQ): the engine run, and what the two formats share.
+
+`GPTQModelFormat` holds what GPTQ and AWQ have in common (safetensors on a branch per
+variant, calibration tokens, loading through transformers, the card's parameter table and
+usage); gptq.py and awq.py say what to quantize and which configs to publish. The engine
+run loads the model, feeds it the cached calibration windows, saves, and cleans the
+folder: tokenizer files present, float tensors in float16 (what GPTQ/AWQ readers
+expect), gptqmodel's loss log moved into the report, no local paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..basemodel import TOKENIZER_FILES
+from ..card.markdown import CardInputs, Row, base_ppl, branch_cell, calibration_cells, gb, quality, table, vram
+from ..errors import EngineError
+from ..outputs import assert_no_local_paths, write_json
+from ..shapes import check_group_size
+from .base import BuildJob, EngineResult, Format, PlanWork
+
+log = logging.getLogger(__name__)
+
+
+class GPTQModelFormat(Format):
+    """GPTQ and AWQ: calibrated, weight-only, safetensors on a branch per variant, read by transformers and servers."""
+
+    engine_packages: ClassVar[tuple[str, ...]] = ("gptqmodel", "torch", "transformers")
+    config_files: ClassVar[str]  # the card's compatibility line: which files carry the parameters
+
+    @abstractmethod
+    def quantize(self, base_path: Path, spec, input_ids: np.ndarray, out: Path) -> EngineResult: ...
+
+    def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:
+        check_group_size(config, spec.group_size, where, name)
+
+    def plan_work(self, planner, variant) -> PlanWork:
+        recipe = planner.recipe(variant.calibration)
+        seq_len = variant.spec.seq_len or recipe.seq_len
+        samples = variant.spec.samples or recipe.samples
+        return PlanWork("model.safetensors", f"{samples} x {seq_len} tokens of {variant.calibration}", seq_len)
+
+    def build(self, job: BuildJob) -> EngineResult:
+        with job.stages.stage("quantize"):
+            return self.quantize(job.base.path, job.variant.spec, job.calibration.input_ids, job.out)
+
+    def load_kwargs(self, spec, base_config: dict, device: str) -> dict:
+        """Extra `from_pretrained` arguments a layout needs on this device."""
+        return {}
+
+    def load(self, folder: Path, variant, n_ctx: int, base_config: dict):
+        import torch
+
+        from ..scoring import HFScorer, default_device
+
+        device = default_device()
+        # float16 matmuls are ~40x slower than bfloat16 on a CPU (38 s vs 0.8 s for a 512-token forward of 4-bit
+        # SmolLM2): checks on a CPU compute in bfloat16, GPUs in the file's float16.
+        dtype = torch.bfloat16 if device == "cpu" else None
+        return HFScorer(folder, device, dtype=dtype, **self.load_kwargs(variant.spec, base_config, device))
+
+    # -- card -------------------------------------------------------------------------------------------------------
+    def card_tags(self, rows: list[Row]) -> list[str]:
+        return [self.name, "quantized", f"{min(r.variant.spec.bits for r in rows)}-bit"]
+
+    def card_engine(self, versions: dict[str, str]) -> str:
+        return f"gptqmodel {versions.get('gptqmodel', '')}".strip()
+
+    @abstractmethod
+    def card_row(self, r: Row) -> tuple[str, str, str]:
+        """(Act Order, Damp %, Desc) cells of a variant's row."""
+
+    def card_provided(self, c: CardInputs) -> str:
+        head = ["Branch", "Bits", "GS", "Act Order", "Damp %", "GPTQ Dataset", "Seq Len", "Size", "ExLlama",
+                "PPL", "Δ PPL", "KLD", "VRAM", "Desc"]
+        ppl = base_ppl(c)
+        base = None if ppl is None else (["unquantized", "16"] + ["-"] * 7 + [f"{ppl:.3f}"] + ["-"] * 3
+                                         + ["the original model, for reference"])
+        rows = []
+        for r in sorted(c.rows, key=lambda r: (not r.variant.default, r.variant.spec.bits, r.variant.spec.group_size)):
+            spec, v = r.variant.spec, r.variant
+            dataset, seq = calibration_cells(r.report)
+            act, damp, desc = self.card_row(r)
+            exllama = "Yes" if spec.bits == 4 else "No"
+            rows.append([branch_cell(c, v), str(spec.bits), str(spec.group_size), act, damp, dataset, seq, gb(r.size),
+                         exllama, *quality(r), vram(r), desc])
+        intro = ("Each branch holds one set of parameters; `main` holds the default. PPL and KLD are measured against "
+                 "the unquantized model on held-out text (lower is better); Δ PPL is the increase over it. VRAM is the "
+                 "peak measured on a GPU for one forward pass at the calibration sequence length, or `~` a prediction "
+                 "from config.json where no GPU was used. Bits and GS are the quantization bits and group size (-1: "
+                 "none); Act Order is GPTQ's `desc_act`; Damp % its dampening; the dataset and sequence length are "
+                 "those of the calibration samples, which are not the training data. ExLlama reads 4-bit files only.")
+        return f"## Provided files, and {self.title} parameters\n\n{intro}\n\n{table(head, base, rows)}"
+
+    def card_download(self, c: CardInputs) -> str:
+        repo = c.repo
+        example = next((r.variant.branch for r in c.rows if not r.variant.default), c.rows[0].variant.branch)
+        return "\n".join([
+            "## How to download from branches", "",
+            f"- In text-generation-webui, enter `{repo}:{example}` in the download box (`{repo}` alone gets `main`).",
+            "- From the command line:", "",
+            "```shell", f"hf download {repo} --revision {example} --local-dir {repo.split('/')[-1]}", "```", "",
+            "With huggingface_hub older than 1.0: "
+            f"`huggingface-cli download {repo} --revision {example} --local-dir {repo.split('/')[-1]}`.",
+            "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
+        ])
+
+    def card_usage(self, c: CardInputs) -> str:
+        repo = c.repo
+        return "\n".join([
+            "## How to run it", "",
+            "transformers (5.x loads GPTQ and AWQ through gptqmodel: `pip install transformers gptqmodel`):", "",
+            "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f"repo, branch = {repo!r}, 'main'",
+            "tokenizer = AutoTokenizer.from_pretrained(repo, revision=branch)",
+            "model = AutoModelForCausalLM.from_pretrained(repo, revision=branch, device_map='auto')",
+            "messages = [{'role': 'user', 'content': 'Tell me about AI'}]",
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt')"
+            ".to(model.device)",
+            "output = model.generate(inputs, max_new_tokens=256)",
+            "print(tokenizer.decode(output[0][inputs.shape[1]:], skip_special_tokens=True))", "```", "",
+            "vLLM:", "", "```shell", f"vllm serve {repo} --revision main --quantization {self.name}", "```",
+            "",
+            "## Compatibility", "",
+            "The files follow the layout AutoGPTQ/AutoAWQ wrote and transformers, vLLM, TGI and text-generation-webui "
+            f"read: {self.config_files}",
+            "vLLM's Marlin kernels take symmetric 4- and 8-bit files with group size -1, 32, 64 or 128.",
+        ])
+
+
+def prepare_engine_env() -> None:
+    """gptqmodel 7.7 fails at load on small machines unless its CPU pool size is given."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+
+
+def compute_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarray, out: Path) -> EngineResult:
+    """Quantize `base_path` with a gptqmodel QuantizeConfig built from `qconfig`, saving into `out`."""
+    prepare_engine_env()
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    device = compute_device()
+    # CPUs run float16 several times slower than bfloat16; the saved tensors are cast to
+    # float16 afterwards either way, so the device does not change what is published.
+    dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    # gptqmodel offloads to disk and writes logs/ under the working directory: keep both
+    # inside the staged folder (removed with it if the build dies), never in the user's cwd.
+    out = Path(out).resolve()
+    workdir = out / ".engine"
+    (workdir / "offload").mkdir(parents=True)
+    try:
+        config = QuantizeConfig(**qconfig, device=device, offload_to_disk_path=str(workdir / "offload"))
+        log.info("gptqmodel: loading %s on %s (%s)", base_path, device, str(dtype).removeprefix("torch."))
+        samples = [
+            {"input_ids": torch.from_numpy(row).unsqueeze(0), "attention_mask": torch.ones(1, row.shape[0], dtype=torch.long)}
+            for row in input_ids
+        ]
+        with contextlib.chdir(workdir):
+            model = GPTQModel.load(str(Path(base_path).resolve()), config, dtype=dtype)
+            log.info("gptqmodel: %s %d-bit, %d samples x %d tokens", qconfig.get("method", "gptq"),
+                     qconfig["bits"], *input_ids.shape)
+            try:
+                model.quantize(samples, batch_size=1)
+            except (ValueError, RuntimeError) as err:
+                raise EngineError(f"gptqmodel failed: {str(err).splitlines()[0]}") from err
+            model.save(str(out), max_shard_size=None)
+        del model
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _copy_tokenizer(base_path, out)
+    _cast_to_float16(out)
+    return EngineResult(device=device, dtype="float16", module_losses=_take_loss_log(out))
+
+
+def publish_configs(out: Path, quantization_config: dict, extra_files: dict[str, dict], drop: tuple[str, ...] = ()) -> None:
+    """Replace gptqmodel's configs by the published ones, then refuse any local path left."""
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = quantization_config
+    config.pop("_name_or_path", None)
+    write_json(out / "config.json", config)
+    for name in drop:
+        (out / name).unlink(missing_ok=True)
+    for name, value in extra_files.items():
+        write_json(out / name, value)
+    assert_no_local_paths(out)
+
+
+def written_quantize_config(out: Path) -> dict:
+    return json.loads((out / "quantize_config.json").read_text())
+
+
+def _copy_tokenizer(base_path: Path, out: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (Path(base_path) / name).is_file() and not (out / name).exists():
+            shutil.copy2(Path(base_path) / name, out / name)
+
+
+def _cast_to_float16(out: Path) -> None:
+    """Unquantized tensors (embeddings, norms, lm_head) and scales as float16, as readers expect."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for file in sorted(out.glob("*.safetensors")):
+        tensors = load_file(file)
+        changed = False
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and tensor.dtype != torch.float16:
+                cast = tensor.to(torch.float16)
+                if not torch.isfinite(cast).all():
+                    raise EngineError(f"{file.name}: {name} overflows float16; this model cannot be published in float16")
+                tensors[name], changed = cast, True
+        if changed:
+            save_file(tensors, file, metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["dtype"] = "float16"
+    config.pop("torch_dtype", None)
+    write_json(out / "config.json", config)
+
+
+def _take_loss_log(out: Path) -> list[dict]:
+    """gptqmodel's per-module loss log belongs in report.json, not on the hub branch."""
+    log_file = out / "quant_log.csv"
+    if not log_file.is_file():
+        return []
+    with open(log_file, newline="") as handle:
+        rows = [dict(row) for row in csv.DictReader(handle)]
+    log_file.unlink()
+    return rows
