@@ -108,7 +108,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             "runner": formats.of(v).runner(v.spec),
             "memory_gb": None if row is None or row.run_bytes is None else round(row.run_bytes / 1e9, 2),
         })
-    if args.format == "github":
+    if args.output == "github":
         print(f"matrix={json.dumps({'include': include}, separators=(',', ':'))}")
     else:
         print(json.dumps(include, indent=2))
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("matrix", help="print the variants as CI matrix entries")
     _add_config(p)
     _add_selection(p)
-    p.add_argument("--format", choices=("json", "github"), default="json",
+    p.add_argument("--format", dest="output", choices=("json", "github"), default="json",
                    help="github: one `matrix=...` line for $GITHUB_OUTPUT")
     p.set_defaults(func=cmd_matrix)
 
