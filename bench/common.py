@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -22,14 +22,29 @@ ROOT = BENCH.parent
 WORK = BENCH / "work"  # build outputs and caches (git-ignored)
 RESULTS = BENCH / "results"
 CONFIG = BENCH / "smollm2.yaml"
-MATRIX = ["gptq-4bit-32g", "gptq-4bit-64g", "gptq-8bit-32g", "gptq-8bit-64g",
-          "gguf-q4_0", "gguf-q4_k_m", "gguf-q6_k", "gguf-q8_0", "gguf-i1-q4_k_m"]
+MATRIX = [
+    "gptq-4bit-32g",
+    "gptq-4bit-64g",
+    "gptq-8bit-32g",
+    "gptq-8bit-64g",
+    "gguf-q4_0",
+    "gguf-q4_k_m",
+    "gguf-q6_k",
+    "gguf-q8_0",
+    "gguf-i1-q4_k_m",
+]
 
 
 def bench_env(cache: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment every measured process gets: 2 gptqmodel workers, passive OpenMP, no bars."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPTQMODEL_CPU_WORKERS": "2", "OMP_WAIT_POLICY": "PASSIVE",
-           "QUANTIZE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GPTQMODEL_CPU_WORKERS": "2",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "QUANTIZE_NO_PROGRESS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     if cache is not None:
         env["QUANTIZE_CACHE"] = str(cache)
     env.update(extra)
@@ -120,15 +135,19 @@ def base_fp16_bytes(config: Path = CONFIG, cache: Path | None = None) -> tuple[i
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """Fixed-width text table; columns are (key, header, format spec)."""
+
     def cell(row, key, fmt):
         value = row.get(key)
         if value is None:
             return "-"
         return format(value, fmt) if fmt else str(value)
+
     lines = [[h for _, h, _ in columns]] + [[cell(r, k, f) for k, _, f in columns] for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-                     for line in lines)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        for line in lines
+    )
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -139,15 +158,23 @@ def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "load_avg_at_end": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg_at_end": os.getloadavg(),
+    }
 
 
 def write_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), **payload}
+    payload = {
+        "benchmark": name,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **payload,
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     log(f"wrote {path.relative_to(ROOT)}")
     return path

@@ -31,7 +31,9 @@ for line in open('/proc/self/status'):
 
 def import_floor() -> int:
     """Peak RSS of a process that imports what the stages import, and does nothing else."""
-    proc = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT], env=bench_env(), capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", FLOOR_SCRIPT], env=bench_env(), capture_output=True, text=True, check=True
+    )
     return int(proc.stdout.strip().splitlines()[-1])
 
 
@@ -45,18 +47,35 @@ def rows_of(out: Path, fp16: int, floor: int, run: str) -> list[dict]:
         for stage, (seconds, peak) in stages.items():
             if peak is None:
                 continue
-            rows.append({"run": run, "variant": name, "stage": stage, "seconds": seconds, "peak_gb": peak / 1e9,
-                         "x_fp16": peak / fp16, "above_floor_x_fp16": (peak - floor) / fp16})
+            rows.append(
+                {
+                    "run": run,
+                    "variant": name,
+                    "stage": stage,
+                    "seconds": seconds,
+                    "peak_gb": peak / 1e9,
+                    "x_fp16": peak / fp16,
+                    "above_floor_x_fp16": (peak - floor) / fp16,
+                }
+            )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, action="append",
-                        help="a build output root (repeatable); default: sharing.py's separate-out/* and matrix-out")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        help="a build output root (repeatable); default: sharing.py's separate-out/* and matrix-out",
+    )
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--cache", type=Path, default=WORK / "sharing" / "matrix-cache",
-                        help="QUANTIZE_CACHE holding the resolved base model (default: %(default)s)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=WORK / "sharing" / "matrix-cache",
+        help="QUANTIZE_CACHE holding the resolved base model (default: %(default)s)",
+    )
     args = parser.parse_args()
     sharing = WORK / "sharing"
     outs = args.out or sorted((sharing / "separate-out").glob("*")) + [sharing / "matrix-out"]
@@ -70,8 +89,15 @@ def main() -> None:
         rows += rows_of(out, fp16, floor, run)
     if not rows:
         raise SystemExit(f"no report.json under {', '.join(map(str, outs))}; run bench/sharing.py first")
-    cols = [("run", "RUN", ""), ("variant", "VARIANT", ""), ("stage", "STAGE", ""), ("seconds", "SECONDS", ".1f"),
-            ("peak_gb", "PEAK RSS GB", ".3f"), ("x_fp16", "x FP16", ".2f"), ("above_floor_x_fp16", "(PEAK-FLOOR) x FP16", ".2f")]
+    cols = [
+        ("run", "RUN", ""),
+        ("variant", "VARIANT", ""),
+        ("stage", "STAGE", ""),
+        ("seconds", "SECONDS", ".1f"),
+        ("peak_gb", "PEAK RSS GB", ".3f"),
+        ("x_fp16", "x FP16", ".2f"),
+        ("above_floor_x_fp16", "(PEAK-FLOOR) x FP16", ".2f"),
+    ]
     print(table(rows, cols))
     worst = {}
     for r in rows:
@@ -80,9 +106,17 @@ def main() -> None:
                 worst[r["stage"]] = r
     print("\nhighest peak per stage:")
     print(table(sorted(worst.values(), key=lambda r: -r["peak_gb"]), cols))
-    write_result("memory", {"params": params, "fp16_bytes": fp16, "import_floor_bytes": floor,
-                            "outs": [str(o) for o in outs], "rows": rows,
-                            "peak_per_stage": sorted(worst.values(), key=lambda r: -r["peak_gb"])})
+    write_result(
+        "memory",
+        {
+            "params": params,
+            "fp16_bytes": fp16,
+            "import_floor_bytes": floor,
+            "outs": [str(o) for o in outs],
+            "rows": rows,
+            "peak_per_stage": sorted(worst.values(), key=lambda r: -r["peak_gb"]),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,18 +26,43 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from common import BENCH, CONFIG, RESULTS, WORK, bench_env, log, median, quantize_cli, read_reports, run, seed_downloads, table, write_result
+from common import (
+    BENCH,
+    CONFIG,
+    RESULTS,
+    WORK,
+    bench_env,
+    log,
+    median,
+    quantize_cli,
+    read_reports,
+    run,
+    seed_downloads,
+    table,
+    write_result,
+)
 
 GPTQ_VARIANT, GGUF_VARIANT = "gptq-4bit-32g", "gguf-q4_k_m"
 
 
 def prepare(work: Path, cache: Path, warm_gptq: bool) -> dict:
     """Warm the cache with a toolkit build of each variant, then expose the toolkit's exact inputs as files."""
-    for v in ((GPTQ_VARIANT, GGUF_VARIANT) if warm_gptq else (GGUF_VARIANT,)):
+    for v in (GPTQ_VARIANT, GGUF_VARIANT) if warm_gptq else (GGUF_VARIANT,):
         log(f"warm-up build of {v} (not measured)")
-        run(quantize_cli("build", "--config", str(CONFIG), "--variant", v, "--no-check", "--force",
-                         "--out", str(work / "toolkit-out")), bench_env(cache))
+        run(
+            quantize_cli(
+                "build",
+                "--config",
+                str(CONFIG),
+                "--variant",
+                v,
+                "--no-check",
+                "--force",
+                "--out",
+                str(work / "toolkit-out"),
+            ),
+            bench_env(cache),
+        )
     os.environ["QUANTIZE_CACHE"] = str(cache)
     from quantize.build import Builder
     from quantize.config import load_config
@@ -49,15 +74,23 @@ def prepare(work: Path, cache: Path, warm_gptq: bool) -> dict:
     gptq = project.variant(GPTQ_VARIANT)
     tokens = work / "calibration.npy"
     np.save(tokens, builder.calibration(gptq).input_ids)  # a cache hit: the array the toolkit fed gptqmodel
-    return {"model": str(builder.base.path), "tokens": str(tokens), "spec": gptq.spec,
-            "f16": str(f16_gguf(builder.base, model_meta(builder.project))),
-            "quant_type": project.variant(GGUF_VARIANT).spec.quant_type}
+    return {
+        "model": str(builder.base.path),
+        "tokens": str(tokens),
+        "spec": gptq.spec,
+        "f16": str(f16_gguf(builder.base, model_meta(builder.project))),
+        "quant_type": project.variant(GGUF_VARIANT).spec.quant_type,
+    }
 
 
 def toolkit_run(work: Path, cache: Path, variant: str) -> dict:
     out = work / "toolkit-out"
-    wall, _ = run(quantize_cli("build", "--config", str(CONFIG), "--variant", variant, "--no-check", "--force",
-                               "--out", str(out)), bench_env(cache))
+    wall, _ = run(
+        quantize_cli(
+            "build", "--config", str(CONFIG), "--variant", variant, "--no-check", "--force", "--out", str(out)
+        ),
+        bench_env(cache),
+    )
     report = read_reports(out)[variant]
     stages = {k: v["seconds"] for k, v in report["stages"].items()}
     return {"wall": round(wall, 2), "stage": stages["quantize"], "stages": stages}
@@ -69,12 +102,33 @@ def raw_run(work: Path, inputs: dict, fmt: str) -> dict:
     out.mkdir(parents=True)
     if fmt == "gptq":
         spec = inputs["spec"]
-        cmd = [sys.executable, str(BENCH / "raw_gptq.py"), "--model", inputs["model"], "--tokens", inputs["tokens"],
-               "--out", str(out), "--bits", str(spec.bits), "--group-size", str(spec.group_size),
-               "--damp-percent", str(spec.damp_percent)] + ([] if spec.desc_act else ["--no-desc-act"])
+        cmd = [
+            sys.executable,
+            str(BENCH / "raw_gptq.py"),
+            "--model",
+            inputs["model"],
+            "--tokens",
+            inputs["tokens"],
+            "--out",
+            str(out),
+            "--bits",
+            str(spec.bits),
+            "--group-size",
+            str(spec.group_size),
+            "--damp-percent",
+            str(spec.damp_percent),
+        ] + ([] if spec.desc_act else ["--no-desc-act"])
     else:
-        cmd = [sys.executable, str(BENCH / "raw_gguf.py"), "--f16", inputs["f16"], "--out", str(out / "model.gguf"),
-               "--type", inputs["quant_type"]]
+        cmd = [
+            sys.executable,
+            str(BENCH / "raw_gguf.py"),
+            "--f16",
+            inputs["f16"],
+            "--out",
+            str(out / "model.gguf"),
+            "--type",
+            inputs["quant_type"],
+        ]
     wall, output = run(cmd, bench_env())
     seconds = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])["seconds"]
     return {"wall": round(wall, 2), "stage": seconds}
@@ -93,9 +147,18 @@ def alternate(work: Path, cache: Path, inputs: dict, fmt: str, variant: str, run
             log(f"{fmt} run {i + 1}/{runs} {who}: stage {last['stage']:.2f} s, process {last['wall']:.2f} s")
     t_stage, r_stage = median([t["stage"] for t in toolkit]), median([r["stage"] for r in raw])
     t_wall, r_wall = median([t["wall"] for t in toolkit]), median([r["wall"] for r in raw])
-    return {"variant": variant, "runs": runs, "toolkit": toolkit, "raw": raw,
-            "toolkit_stage_s": t_stage, "raw_stage_s": r_stage, "stage_ratio": round(t_stage / r_stage, 3),
-            "toolkit_process_s": t_wall, "raw_process_s": r_wall, "process_ratio": round(t_wall / r_wall, 3)}
+    return {
+        "variant": variant,
+        "runs": runs,
+        "toolkit": toolkit,
+        "raw": raw,
+        "toolkit_stage_s": t_stage,
+        "raw_stage_s": r_stage,
+        "stage_ratio": round(t_stage / r_stage, 3),
+        "toolkit_process_s": t_wall,
+        "raw_process_s": r_wall,
+        "process_ratio": round(t_wall / r_wall, 3),
+    }
 
 
 def cast_seconds(work: Path) -> float:
@@ -120,9 +183,13 @@ def main() -> None:
     parser.add_argument("--gguf-runs", type=int, default=5, help="GGUF runs of each side (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=WORK / "overhead")
     parser.add_argument("--only", choices=("gptq", "gguf"), help="run one format only")
-    parser.add_argument("--cache", type=Path, default=WORK / "sharing" / "matrix-cache",
-                        help="QUANTIZE_CACHE to use; when it already holds the base model (sharing.py's matrix run "
-                             "leaves one) the GPTQ warm-up build is skipped (default: %(default)s)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=WORK / "sharing" / "matrix-cache",
+        help="QUANTIZE_CACHE to use; when it already holds the base model (sharing.py's matrix run "
+        "leaves one) the GPTQ warm-up build is skipped (default: %(default)s)",
+    )
     args = parser.parse_args()
     cache = args.cache
     warm = (cache / "base").is_dir() and (cache / "calibration").is_dir()
@@ -136,7 +203,10 @@ def main() -> None:
     if args.only in (None, "gptq"):
         results.append(alternate(args.work, cache, inputs, "gptq", GPTQ_VARIANT, args.runs))
         extra["gptq_cast_to_float16_s"] = cast_seconds(args.work)
-        log(f"of the toolkit's GPTQ stage, casting the saved tensors to float16 takes {extra['gptq_cast_to_float16_s']} s")
+        log(
+            "of the toolkit's GPTQ stage, casting the saved tensors to float16 takes "
+            f"{extra['gptq_cast_to_float16_s']} s"
+        )
     previous = RESULTS / "overhead.json"
     if args.only and previous.is_file():  # keep the other format's last measurement
         old = json.loads(previous.read_text())
@@ -144,10 +214,17 @@ def main() -> None:
         extra = {**{k: v for k, v in old.items() if k == "gptq_cast_to_float16_s"}, **extra}
     for r in results:  # pairs run back to back, so each pair's ratio is less exposed to a neighbour's load
         r["pair_ratios"] = [round(t["stage"] / w["stage"], 3) for t, w in zip(r["toolkit"], r["raw"])]
-    cols = [("variant", "VARIANT", ""), ("runs", "RUNS", ""), ("toolkit_stage_s", "TOOLKIT STAGE s", ".2f"),
-            ("raw_stage_s", "RAW CALL s", ".2f"), ("stage_ratio", "RATIO", ".3f"),
-            ("toolkit_process_s", "TOOLKIT PROCESS s", ".2f"), ("raw_process_s", "RAW PROCESS s", ".2f"),
-            ("process_ratio", "RATIO", ".3f"), ("pair_ratios", "STAGE RATIO PER PAIR", "")]
+    cols = [
+        ("variant", "VARIANT", ""),
+        ("runs", "RUNS", ""),
+        ("toolkit_stage_s", "TOOLKIT STAGE s", ".2f"),
+        ("raw_stage_s", "RAW CALL s", ".2f"),
+        ("stage_ratio", "RATIO", ".3f"),
+        ("toolkit_process_s", "TOOLKIT PROCESS s", ".2f"),
+        ("raw_process_s", "RAW PROCESS s", ".2f"),
+        ("process_ratio", "RATIO", ".3f"),
+        ("pair_ratios", "STAGE RATIO PER PAIR", ""),
+    ]
     print(table(results, cols))
     write_result("overhead", {"inputs": {k: str(v) for k, v in inputs.items()}, "results": results, **extra})
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from common import CONFIG, RESULTS, WORK, bench_env, log, markdown, quantize_cli, run, table, write_result
 
 
-
 def nominal_bits(variant: str) -> int | None:
     """The bit width a variant is sold as (gptq-4bit-*, gguf-q4_k_m, gguf-i1-q6_k ...), its size class.
 
@@ -37,15 +36,22 @@ def pareto(rows: list[dict]) -> set[str]:
     """Variants no other variant beats on both size (bpw) and KLD."""
     front = set()
     for r in rows:
-        if not any(o is not r and o["bpw"] <= r["bpw"] and o["kld"] <= r["kld"]
-                   and (o["bpw"], o["kld"]) != (r["bpw"], r["kld"]) for o in rows):
+        if not any(
+            o is not r
+            and o["bpw"] <= r["bpw"]
+            and o["kld"] <= r["kld"]
+            and (o["bpw"], o["kld"]) != (r["bpw"], r["kld"])
+            for o in rows
+        ):
             front.add(r["variant"])
     return front
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WORK / "sharing" / "matrix-out", help="build output root (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=WORK / "sharing" / "matrix-out", help="build output root (default: %(default)s)"
+    )
     parser.add_argument("--config", type=Path, default=CONFIG)
     args = parser.parse_args()
     log(f"python -m quantize report --config {args.config} --out {args.out}")
@@ -66,23 +72,55 @@ def main() -> None:
         members = [r for r in rows if nominal_bits(r["variant"]) == bits]
         best = min(members, key=lambda r: r["kld"])
         smallest = min(members, key=lambda r: r["bpw"])
-        winners.append({"class": f"{bits}-bit", "best": best["variant"], "format": best["format"], "bpw": best["bpw"],
-                        "kld": best["kld"], "smallest": f"{smallest['variant']} ({smallest['bpw']:.2f})",
-                        "candidates": ", ".join(f"{m['variant']} ({m['kld']:.4f})" for m in members)})
-    cols = [("format", "FORMAT", ""), ("variant", "VARIANT", ""), ("bpw", "BPW", ".2f"), ("ppl", "PPL", ".3f"),
-            ("delta", "PPL DELTA", "+.3f"), ("delta_pct", "DELTA %", "+.1f"), ("kld", "KLD", ".4f"),
-            ("top1", "TOP-1", ".3f"), ("pareto", "PARETO", "")]
+        winners.append(
+            {
+                "class": f"{bits}-bit",
+                "best": best["variant"],
+                "format": best["format"],
+                "bpw": best["bpw"],
+                "kld": best["kld"],
+                "smallest": f"{smallest['variant']} ({smallest['bpw']:.2f})",
+                "candidates": ", ".join(f"{m['variant']} ({m['kld']:.4f})" for m in members),
+            }
+        )
+    cols = [
+        ("format", "FORMAT", ""),
+        ("variant", "VARIANT", ""),
+        ("bpw", "BPW", ".2f"),
+        ("ppl", "PPL", ".3f"),
+        ("delta", "PPL DELTA", "+.3f"),
+        ("delta_pct", "DELTA %", "+.1f"),
+        ("kld", "KLD", ".4f"),
+        ("top1", "TOP-1", ".3f"),
+        ("pareto", "PARETO", ""),
+    ]
     print(f"base: ppl {base['ppl']:.3f}, 16 bpw, {base['size_gb']:.3f} GB")
     print(table(rows, cols))
-    wcols = [("class", "CLASS", ""), ("best", "LOWEST KLD", ""), ("format", "FORMAT", ""), ("bpw", "BPW", ".2f"),
-             ("kld", "KLD", ".4f"), ("smallest", "SMALLEST (BPW)", ""), ("candidates", "ALL (KLD)", "")]
+    wcols = [
+        ("class", "CLASS", ""),
+        ("best", "LOWEST KLD", ""),
+        ("format", "FORMAT", ""),
+        ("bpw", "BPW", ".2f"),
+        ("kld", "KLD", ".4f"),
+        ("smallest", "SMALLEST (BPW)", ""),
+        ("candidates", "ALL (KLD)", ""),
+    ]
     print()
     print(table(winners, wcols))
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.out / "comparison.png", RESULTS / "quality.png")
     log(f"plot copied to {RESULTS / 'quality.png'}")
-    write_result("quality", {"out": str(args.out), "base": base, "rows": rows, "winners": winners,
-                             "markdown": markdown(rows, cols), "winners_markdown": markdown(winners, wcols)})
+    write_result(
+        "quality",
+        {
+            "out": str(args.out),
+            "base": base,
+            "rows": rows,
+            "winners": winners,
+            "markdown": markdown(rows, cols),
+            "winners_markdown": markdown(winners, wcols),
+        },
+    )
 
 
 if __name__ == "__main__":

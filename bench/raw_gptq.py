@@ -38,12 +38,25 @@ def main() -> None:
     out = os.path.abspath(args.out)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
-        config = QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=not args.no_desc_act,
-                                act_group_aware=False, damp_percent=args.damp_percent, sym=True,
-                                true_sequential=True, static_groups=False, device="cpu",
-                                offload_to_disk_path=os.path.join(work, "offload"))
-        samples = [{"input_ids": torch.from_numpy(r).unsqueeze(0), "attention_mask": torch.ones(1, r.shape[0], dtype=torch.long)}
-                   for r in ids]
+        config = QuantizeConfig(
+            bits=args.bits,
+            group_size=args.group_size,
+            desc_act=not args.no_desc_act,
+            act_group_aware=False,
+            damp_percent=args.damp_percent,
+            sym=True,
+            true_sequential=True,
+            static_groups=False,
+            device="cpu",
+            offload_to_disk_path=os.path.join(work, "offload"),
+        )
+        samples = [
+            {
+                "input_ids": torch.from_numpy(r).unsqueeze(0),
+                "attention_mask": torch.ones(1, r.shape[0], dtype=torch.long),
+            }
+            for r in ids
+        ]
         with contextlib.chdir(work):
             model = GPTQModel.load(os.path.abspath(args.model), config, dtype=torch.bfloat16)
             model.quantize(samples, batch_size=1)

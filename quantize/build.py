@@ -21,8 +21,8 @@ from .formats import BuildJob, EngineResult
 from .hashing import sha256_json, short
 from .measure import Stages
 from .outputs import list_files, model_bytes
-from .plan import Planner
 from .paths import clean_stale_partials, require_free_space, staged_folder
+from .plan import Planner
 from .progress import engine_output_to_stderr
 from .records import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the files this code writes change for the same inputs, so old outputs rebuild.
 OUTPUT_LAYOUT = 1
+
 
 @dataclass(frozen=True)
 class BuildOutcome:
@@ -69,12 +70,13 @@ class Builder:
         return self._tokenizer
 
     def validate(self, variants: list[Variant]) -> None:
-        """Everything that can be refused from config.json and the weights' headers, for all variants, before any work."""
+        """What config.json and the weights' headers can refuse, for all variants, before any work."""
         config = self.base.config
         self.base.check_weights()
         for variant in variants:
-            formats.of(variant).validate(variant.spec, config, self.base.path / "config.json", str(self.project.path),
-                                         variant.name)
+            formats.of(variant).validate(
+                variant.spec, config, self.base.path / "config.json", str(self.project.path), variant.name
+            )
 
     def calibration(self, variant: Variant) -> CalibrationSet | None:
         """The variant's calibration tokens (GPTQ/AWQ: its recipe; GGUF: its imatrix recipe), shared across variants."""
@@ -96,7 +98,9 @@ class Builder:
         engine.update(fmt.engine_inputs())
         return Inputs(
             base_model=BaseModelInfo(source=self.base.source, hash=self.base.hash, revision=self.base.revision),
-            calibration=calib.stats if calib else None, params=variant.params(), engine=engine,
+            calibration=calib.stats if calib else None,
+            params=variant.params(),
+            engine=engine,
         )
 
     def _run_engine(self, variant: Variant, calib: CalibrationSet | None, tmp: Path, stages: Stages) -> EngineResult:
@@ -119,7 +123,9 @@ class Builder:
         for variant in variants:
             outcome = self.build(variant)
             if self.run_checks:
-                outcome = BuildOutcome(outcome.variant, outcome.folder, outcome.status, self.check(variant, outcome.report))
+                outcome = BuildOutcome(
+                    outcome.variant, outcome.folder, outcome.status, self.check(variant, outcome.report)
+                )
             outcomes.append(outcome)
         return outcomes
 
@@ -135,7 +141,9 @@ class Builder:
         folder = self.out_root / variant.branch
         report = report or read_report(folder)
         if report is None:
-            raise QuantizeError(f"{folder}: no report.json; build the variant first (python -m quantize build --variant {variant.name})")
+            raise QuantizeError(
+                f"{folder}: no report.json; build the variant first (python -m quantize build --variant {variant.name})"
+            )
         checker = self.checker()
         if report.checks is not None and report.checks.eval.hash == checker.evalset().stats.hash and not self.force:
             log.info("%s: already checked on this eval set (%s)", variant.name, report.status)
@@ -166,14 +174,26 @@ class Builder:
                 result = self._run_engine(variant, calib, tmp, stages)
             files = list_files(tmp)
             report = Report(
-                variant=VariantInfo.of(variant), inputs_hash=inputs_hash, inputs=inputs,
-                versions={**package_versions(), "quantize": __version__}, python=python_version(),
-                device=result.device, dtype=result.dtype, created_at=now(), stages=stages.measures, files=files,
-                total_bytes=sum(f.size for f in files), module_losses=result.module_losses,
+                variant=VariantInfo.of(variant),
+                inputs_hash=inputs_hash,
+                inputs=inputs,
+                versions={**package_versions(), "quantize": __version__},
+                python=python_version(),
+                device=result.device,
+                dtype=result.dtype,
+                created_at=now(),
+                stages=stages.measures,
+                files=files,
+                total_bytes=sum(f.size for f in files),
+                module_losses=result.module_losses,
                 bits_per_weight=round(8 * model_bytes(files) / self.base.param_count(), 3),
                 predicted_bytes=self._predicted_bytes(variant),
             )
             report.write(tmp)
-        log.info("%s: built, %.1f MB in %.0f s", variant.name, report.total_bytes / 1e6,
-                 sum(m.seconds for m in stages.measures.values()))
+        log.info(
+            "%s: built, %.1f MB in %.0f s",
+            variant.name,
+            report.total_bytes / 1e6,
+            sum(m.seconds for m in stages.measures.values()),
+        )
         return BuildOutcome(variant, folder, "built", report)

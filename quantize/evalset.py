@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from . import resources
 from .calibration import LoadedRecipe, Recipe, collect_text, load_tokens, store_tokens, tokenize_documents
 from .config import Strict, load_yaml
 from .errors import CalibrationError, ConfigError
 from .hashing import sha256_bytes, sha256_json
-from .textsource import TextSource
 from .records import EvalStats
+from .textsource import TextSource
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,17 @@ def load_eval(path: Path) -> EvalRecipe:
 
 def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:
     recipe = load_eval(path)
-    as_calibration = LoadedRecipe(path.stem, path, Recipe(source=recipe.source, join=recipe.join, min_chars=recipe.min_chars))
+    as_calibration = LoadedRecipe(
+        path.stem, path, Recipe(source=recipe.source, join=recipe.join, min_chars=recipe.min_chars)
+    )
     docs, where = collect_text(as_calibration)
-    key = sha256_json({"eval": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash,
-                       "text": sha256_bytes(recipe.join.join(docs).encode())})
+    key = sha256_json(
+        {
+            "eval": recipe.model_dump(mode="json"),
+            "tokenizer": tokenizer_hash,
+            "text": sha256_bytes(recipe.join.join(docs).encode()),
+        }
+    )
     hit = load_tokens("eval", key, EvalStats)
     if hit is not None:
         return EvalSet(*hit)
@@ -70,9 +77,17 @@ def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:
     ids = tokenize_documents(docs[:count], recipe.join, tokenizer, desc=f"tokenize {path.stem}")
     n = min(recipe.max_windows, len(ids) // recipe.n_ctx)
     if n < 1:
-        raise CalibrationError(f"{path}: {where} gives {len(ids):,} tokens, fewer than one window of n_ctx={recipe.n_ctx}")
+        raise CalibrationError(
+            f"{path}: {where} gives {len(ids):,} tokens, fewer than one window of n_ctx={recipe.n_ctx}"
+        )
     windows = ids[: n * recipe.n_ctx].reshape(n, recipe.n_ctx)
-    stats = EvalStats(eval=path.stem, source=where, hash=key, windows=n, n_ctx=recipe.n_ctx,
-                      scored_tokens=n * (recipe.n_ctx - recipe.n_ctx // 2 - 1))
+    stats = EvalStats(
+        eval=path.stem,
+        source=where,
+        hash=key,
+        windows=n,
+        n_ctx=recipe.n_ctx,
+        scored_tokens=n * (recipe.n_ctx - recipe.n_ctx // 2 - 1),
+    )
     store_tokens("eval", key, windows, stats)
     return EvalSet(windows, stats)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, RootModel, model_validator
+from pydantic import RootModel, model_validator
 
 from .config import FieldProblem, Strict, load_yaml
 from .records import Verdict
@@ -22,15 +22,16 @@ class Gates(RootModel[dict[str, Gate]]):
     """format name -> its gate; a format the file does not name is judged on the template and smoke chat only."""
 
     @model_validator(mode="after")
-    def _known_formats(self) -> "Gates":
+    def _known_formats(self) -> Gates:
         from . import formats
 
         unknown = sorted(set(self.root) - set(formats.FORMATS))
         if unknown:
             raise FieldProblem(f"unknown format {unknown[0]!r}", f"use {formats.names_text()}")
         if not self.root:  # a gates file that names no format would judge nothing: refuse it, do not pass everything
-            raise FieldProblem("no format has gates",
-                               f"set limits under {formats.names_text()}, e.g. `gguf: {{max_ppl_ratio: 1.2}}`")
+            raise FieldProblem(
+                "no format has gates", f"set limits under {formats.names_text()}, e.g. `gguf: {{max_ppl_ratio: 1.2}}`"
+            )
         return self
 
     def get(self, fmt: str) -> Gate:
@@ -41,8 +42,15 @@ def load_gates(path) -> Gates:
     return load_yaml(path, "gates file", Gates)
 
 
-def judge(gate: Gate, ppl_ratio: float, mean_kld: float, top1: float, memory_gb: float | None,
-          smoke_problems: list[str], template_problem: str | None) -> list[Verdict]:
+def judge(
+    gate: Gate,
+    ppl_ratio: float,
+    mean_kld: float,
+    top1: float,
+    memory_gb: float | None,
+    smoke_problems: list[str],
+    template_problem: str | None,
+) -> list[Verdict]:
     """One verdict per configured gate; the chat-template match is always judged (a wrong
     template invalidates every reply and every card that quotes it)."""
     out = []
@@ -54,8 +62,15 @@ def judge(gate: Gate, ppl_ratio: float, mean_kld: float, top1: float, memory_gb:
     ):
         if limit is not None:
             out.append(Verdict(gate=name, limit=limit, value=value, passed=value is not None and ok(value, limit)))
-    out.append(Verdict(gate="chat_template", limit="matches", value=template_problem or "ok",
-                       passed=template_problem is None))
-    out.append(Verdict(gate="smoke", limit=gate.smoke, value="; ".join(smoke_problems) or "ok",
-                       passed=gate.smoke == "report" or not smoke_problems))
+    out.append(
+        Verdict(gate="chat_template", limit="matches", value=template_problem or "ok", passed=template_problem is None)
+    )
+    out.append(
+        Verdict(
+            gate="smoke",
+            limit=gate.smoke,
+            value="; ".join(smoke_problems) or "ok",
+            passed=gate.smoke == "report" or not smoke_problems,
+        )
+    )
     return out

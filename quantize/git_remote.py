@@ -20,12 +20,16 @@ import tempfile
 from pathlib import Path
 
 from .paths import cache_dir
-from .publish import MOVED, BranchMoved, LocalFile, Listing, PublishError, RemoteFile
+from .publish import MOVED, BranchMoved, Listing, LocalFile, PublishError, RemoteFile
 
 log = logging.getLogger(__name__)
 
-IDENTITY = {"GIT_AUTHOR_NAME": "quantize", "GIT_AUTHOR_EMAIL": "quantize@localhost",
-            "GIT_COMMITTER_NAME": "quantize", "GIT_COMMITTER_EMAIL": "quantize@localhost"}
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "quantize",
+    "GIT_AUTHOR_EMAIL": "quantize@localhost",
+    "GIT_COMMITTER_NAME": "quantize",
+    "GIT_COMMITTER_EMAIL": "quantize@localhost",
+}
 HUB_LFS_LIMIT = 10 * 1024 * 1024  # huggingface.co rejects plain git blobs above this
 
 
@@ -54,11 +58,18 @@ class GitTransport:
             return str(Path(self.root).resolve() / "models" / repo)
         return f"{self.root.rstrip('/')}/{repo}"
 
-    def _git(self, *args: str, git_dir: Path | None = None, env: dict | None = None, check: bool = True,
-             stdin: str | None = None) -> str:
+    def _git(
+        self,
+        *args: str,
+        git_dir: Path | None = None,
+        env: dict | None = None,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> str:
         cmd = ["git"] + (["--git-dir", str(git_dir)] if git_dir else []) + list(args)
-        done = subprocess.run(cmd, capture_output=True, text=True, input=stdin,
-                              env={**os.environ, **IDENTITY, **(env or {})})
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, input=stdin, env={**os.environ, **IDENTITY, **(env or {})}
+        )
         if check and done.returncode != 0:
             what = _redact(" ".join(a for a in args if not a.startswith("-")))[:120]
             lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("hint:")]
@@ -78,8 +89,14 @@ class GitTransport:
         line = self._git("ls-remote", self.url(repo), f"refs/heads/{branch}", git_dir=scratch).split()
         if not line:
             return None
-        self._git("fetch", "--quiet", "--no-tags", self.url(repo), f"+refs/heads/{branch}:refs/remotes/r/{branch}",
-                  git_dir=scratch)
+        self._git(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            self.url(repo),
+            f"+refs/heads/{branch}:refs/remotes/r/{branch}",
+            git_dir=scratch,
+        )
         return line[0]
 
     def prepare(self, repo: str, branch: str) -> None:
@@ -102,26 +119,36 @@ class GitTransport:
                 out[path] = RemoteFile(path=path, size=int(size), sha256=None, oid=oid)
         return Listing(head, out)
 
-    def commit(self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str],
-               message: str) -> str:
+    def commit(
+        self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str], message: str
+    ) -> str:
         if not self.local and "huggingface.co" in self.root:
             big = [f.path for f in add if f.size > HUB_LFS_LIMIT]
             if big:
-                raise PublishError(f"{self.where}: {', '.join(big)} exceed 10 MB, which the hub only takes through "
-                                   "LFS; fix: publish over HTTP (drop --git), which uploads large files for you")
+                raise PublishError(
+                    f"{self.where}: {', '.join(big)} exceed 10 MB, which the hub only takes through "
+                    "LFS; fix: publish over HTTP (drop --git), which uploads large files for you"
+                )
         scratch = self._scratch(repo)  # `parent` was fetched into it by listing()
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             if parent:
                 self._git("read-tree", parent, git_dir=scratch, env=env)
             if delete:  # mode 0 removes an entry; --force-remove would want a work tree, and scratch is bare
-                self._git("update-index", "--index-info", git_dir=scratch, env=env,
-                          stdin="".join(f"0 {'0' * 40}\t{path}\n" for path in delete))
+                self._git(
+                    "update-index",
+                    "--index-info",
+                    git_dir=scratch,
+                    env=env,
+                    stdin="".join(f"0 {'0' * 40}\t{path}\n" for path in delete),
+                )
             for f in add:
                 oid = self._git("hash-object", "-w", str(f.source), git_dir=scratch).strip()
                 self._git("update-index", "--add", "--cacheinfo", f"100644,{oid},{f.path}", git_dir=scratch, env=env)
             tree = self._git("write-tree", git_dir=scratch, env=env).strip()
-        commit = self._git("commit-tree", tree, *(["-p", parent] if parent else []), "-m", message, git_dir=scratch).strip()
+        commit = self._git(
+            "commit-tree", tree, *(["-p", parent] if parent else []), "-m", message, git_dir=scratch
+        ).strip()
         try:  # no force: the remote takes it only if the branch is still `parent` (or a new branch still absent)
             self._git("push", "--quiet", self.url(repo), f"{commit}:refs/heads/{branch}", git_dir=scratch)
         except PublishError:

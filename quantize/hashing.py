@@ -55,9 +55,11 @@ def file_sha256(path: Path, memo: bool = True) -> str:
 def tree_sha256(folder: Path, names: list[str] | None = None) -> str:
     """Hash of a folder's files (relative names and contents), optionally only `names` that exist."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file()) if names is None else [
-        folder / n for n in sorted(names) if (folder / n).is_file()
-    ]
+    files = (
+        sorted(p for p in folder.rglob("*") if p.is_file())
+        if names is None
+        else [folder / n for n in sorted(names) if (folder / n).is_file()]
+    )
     entries = {str(p.relative_to(folder)): file_sha256(p) for p in files if not p.name.startswith(".")}
     return sha256_json(entries)
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .publish import MOVED, BranchMoved, LocalFile, Listing, PublishError, RemoteFile
+from .publish import MOVED, BranchMoved, Listing, LocalFile, PublishError, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -66,50 +67,75 @@ class HubTransport:
                 return fn(*args, **kwargs)
             except Exception as err:
                 if isinstance(err, OfflineModeIsEnabled):  # a ConnectionError, but retrying cannot help
-                    raise PublishError(f"{self.where}: {what}: HF_HUB_OFFLINE is set, so huggingface_hub makes no "
-                                       "network calls; fix: unset HF_HUB_OFFLINE (or publish to a local mirror "
-                                       "with --git ROOT)") from None
+                    raise PublishError(
+                        f"{self.where}: {what}: HF_HUB_OFFLINE is set, so huggingface_hub makes no "
+                        "network calls; fix: unset HF_HUB_OFFLINE (or publish to a local mirror "
+                        "with --git ROOT)"
+                    ) from None
                 status = _status(err)
                 if status == 412:
                     raise BranchMoved(f"{self.where}: {what}: {MOVED}") from None
                 if status in (401, 403):
                     raise HubAuthError(
                         f"{self.where}: {what}: authentication failed (HTTP {status}); fix: log in with "
-                        "`hf auth login` or set HF_TOKEN to a token with write access to the repo") from None
+                        "`hf auth login` or set HF_TOKEN to a token with write access to the repo"
+                    ) from None
                 if not _transient(err):
                     detail = self._scrub(str(err).splitlines()[0] if str(err) else type(err).__name__)
                     raise PublishError(f"{self.where}: {what} failed: {detail}") from None
                 if attempt == ATTEMPTS:
-                    raise PublishError(f"{self.where}: {what} still failing after {ATTEMPTS} attempts "
-                                       f"({status or type(err).__name__}); try again later") from None
+                    raise PublishError(
+                        f"{self.where}: {what} still failing after {ATTEMPTS} attempts "
+                        f"({status or type(err).__name__}); try again later"
+                    ) from None
                 delay = self.backoff * 2 ** (attempt - 1)
-                log.warning("%s: %s (%s); retrying in %.0f s (%d/%d)", what, status or type(err).__name__,
-                            "transient", delay, attempt, ATTEMPTS - 1)
+                log.warning(
+                    "%s: %s (%s); retrying in %.0f s (%d/%d)",
+                    what,
+                    status or type(err).__name__,
+                    "transient",
+                    delay,
+                    attempt,
+                    ATTEMPTS - 1,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
     def prepare(self, repo: str, branch: str) -> None:
         self._call(f"create {repo}", self.api.create_repo, repo, repo_type="model", exist_ok=True)
         if branch != "main":
-            self._call(f"create branch {branch} of {repo}", self.api.create_branch, repo, branch=branch,
-                       repo_type="model", exist_ok=True)
+            self._call(
+                f"create branch {branch} of {repo}",
+                self.api.create_branch,
+                repo,
+                branch=branch,
+                repo_type="model",
+                exist_ok=True,
+            )
 
     def listing(self, repo: str, branch: str) -> Listing:
         """The branch head, then the tree at that commit: the files are exactly those `parent_commit` will name."""
         head = self._call(f"read {repo}@{branch}", self.api.model_info, repo, revision=branch).sha
-        entries = self._call(f"list {repo}@{branch}", lambda: list(
-            self.api.list_repo_tree(repo, revision=head or branch, recursive=True, repo_type="model")))
+        entries = self._call(
+            f"list {repo}@{branch}",
+            lambda: list(self.api.list_repo_tree(repo, revision=head or branch, recursive=True, repo_type="model")),
+        )
         out = {}
         for e in entries:
             if hasattr(e, "size"):  # RepoFile; folders have no size
-                out[e.path] = RemoteFile(path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, oid=e.blob_id)
+                out[e.path] = RemoteFile(
+                    path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, oid=e.blob_id
+                )
         return Listing(head, out)
 
-    def commit(self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str],
-               message: str) -> str:
+    def commit(
+        self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str], message: str
+    ) -> str:
         def send():  # fresh operations each attempt: huggingface_hub marks them as used
             ops = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.source)) for f in add]
             ops += [CommitOperationDelete(path_in_repo=p) for p in delete]
-            return self.api.create_commit(repo, operations=ops, commit_message=message, revision=branch,
-                                          parent_commit=parent, repo_type="model")
+            return self.api.create_commit(
+                repo, operations=ops, commit_message=message, revision=branch, parent_commit=parent, repo_type="model"
+            )
+
         return self._call(f"upload to {repo}@{branch}", send).oid

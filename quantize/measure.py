@@ -7,11 +7,9 @@ resets VmHWM), so each stage's figure is its own, not the process's lifetime pea
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-from pydantic import BaseModel
 
 from .records import StageMeasure
 

@@ -26,17 +26,32 @@ log = logging.getLogger(__name__)
 
 def olah_config(mirror: Path, host: str, port: int, state: Path) -> str:
     """olah's TOML: serve only the mirror folder, never reach huggingface.co."""
-    return "\n".join([
-        "[basic]", f'host = "{host}"', f"port = {port}",
-        f'repos-path = "{state / "repos"}"', f'mirrors-path = ["{Path(mirror).resolve()}"]',
-        'mirror-scheme = "http"', f'mirror-netloc = "{host}:{port}"', f'mirror-lfs-netloc = "{host}:{port}"',
-        "", "[accessibility]", "offline = true", "",
-    ])
+    return "\n".join(
+        [
+            "[basic]",
+            f'host = "{host}"',
+            f"port = {port}",
+            f'repos-path = "{state / "repos"}"',
+            f'mirrors-path = ["{Path(mirror).resolve()}"]',
+            'mirror-scheme = "http"',
+            f'mirror-netloc = "{host}:{port}"',
+            f'mirror-lfs-netloc = "{host}:{port}"',
+            "",
+            "[accessibility]",
+            "offline = true",
+            "",
+        ]
+    )
 
 
 def _olah_command(config: Path) -> list[str]:
-    return [sys.executable, "-c", "import sys; from olah.server import cli; sys.argv[0] = 'olah-cli'; cli()",
-            "--config", str(config)]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from olah.server import cli; sys.argv[0] = 'olah-cli'; cli()",
+        "--config",
+        str(config),
+    ]
 
 
 def _die_with_parent() -> None:
@@ -71,8 +86,9 @@ def running(mirror: Path, host: str = "127.0.0.1", port: int | None = None, time
         config = state / "olah.toml"
         config.write_text(olah_config(mirror, host, port, state))
         log_file = open(state / "olah.log", "wb")
-        proc = subprocess.Popen(_olah_command(config), cwd=state, stdout=log_file, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            _olah_command(config), cwd=state, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         try:
             _wait_ready(proc, host, port, timeout)
             yield f"http://{host}:{port}"
@@ -88,8 +104,9 @@ def running(mirror: Path, host: str = "127.0.0.1", port: int | None = None, time
 
 def serve_forever(mirror: Path, host: str, port: int) -> int:
     if not Path(mirror, "models").is_dir():
-        raise QuantizeError(f"{mirror}: no models/ folder; publish into it first with "
-                            f"`python -m quantize publish --git {mirror} ...`")
+        raise QuantizeError(
+            f"{mirror}: no models/ folder; publish into it first with `python -m quantize publish --git {mirror} ...`"
+        )
     with running(mirror, host, port) as url:
         repos = sorted(str(p.relative_to(Path(mirror, "models"))) for p in Path(mirror, "models").glob("*/*"))
         print(f"serving {len(repos)} repo(s) from {mirror} at {url} (Ctrl-C stops)")

@@ -8,13 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from .errors import EngineError
 from .hashing import file_sha256
 from .paths import write_atomic
 from .records import OutputFile
-
 
 MODEL_SUFFIXES = (".safetensors", ".gguf")
 
@@ -41,8 +38,16 @@ _NOT_CONFIGS = {"tokenizer.json", "vocab.json"}
 
 
 def _local_prefixes(folder: Path) -> tuple[str, ...]:
-    prefixes = {tempfile.gettempdir(), str(Path.home()), os.getcwd(), str(folder.resolve().parent),
-                "/tmp/", "/home/", "/root/", "/Users/"}
+    prefixes = {
+        tempfile.gettempdir(),
+        str(Path.home()),
+        os.getcwd(),
+        str(folder.resolve().parent),
+        "/tmp/",
+        "/home/",
+        "/root/",
+        "/Users/",
+    }
     return tuple(sorted(p for p in prefixes if p.startswith("/") and p != "/"))
 
 

@@ -35,10 +35,19 @@ class PlanRow:
 
     def as_dict(self) -> dict:
         return {
-            "variant": self.variant.name, "branch": self.variant.branch, "format": self.variant.format,
-            "file": self.file, "predicted_bytes": self.bytes, "bits_per_weight": self.bits_per_weight,
-            "seq_len": self.seq_len, "load_bytes": self.load_bytes, "run_bytes": self.run_bytes,
-            "clients": self.clients, "work": self.work, "runner": self.runner, "notes": self.notes,
+            "variant": self.variant.name,
+            "branch": self.variant.branch,
+            "format": self.variant.format,
+            "file": self.file,
+            "predicted_bytes": self.bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "seq_len": self.seq_len,
+            "load_bytes": self.load_bytes,
+            "run_bytes": self.run_bytes,
+            "clients": self.clients,
+            "work": self.work,
+            "runner": self.runner,
+            "notes": self.notes,
         }
 
 
@@ -78,11 +87,25 @@ class Planner:
             size, notes = None, [str(err)]
         work = fmt.plan_work(self, variant)
         load = None if size is None else size + work.load_overhead
-        run = None if load is None else load + kv_cache_bytes(self.config, work.seq_len) + workspace_bytes(
-            self.config, work.seq_len)
+        run = (
+            None
+            if load is None
+            else load + kv_cache_bytes(self.config, work.seq_len) + workspace_bytes(self.config, work.seq_len)
+        )
         bpw = None if size is None else round(8 * size / self.params, 2)
-        return PlanRow(variant, work.file, size, bpw, work.seq_len, load, run, fmt.clients(variant.spec), work.work,
-                       fmt.runner(variant.spec), notes)
+        return PlanRow(
+            variant,
+            work.file,
+            size,
+            bpw,
+            work.seq_len,
+            load,
+            run,
+            fmt.clients(variant.spec),
+            work.work,
+            fmt.runner(variant.spec),
+            notes,
+        )
 
     def rows(self, variants: list[Variant]) -> list[PlanRow]:
         return [self.row(v) for v in variants]
@@ -97,12 +120,25 @@ def format_table(rows: list[PlanRow], params: int) -> str:
     lines = [header]
     for r in rows:
         where = formats.of(r.variant).plan_location(r.variant, r.file)
-        lines.append((r.variant.name, where, "?" if r.bits_per_weight is None else f"{r.bits_per_weight:.2f}",
-                      _gb(r.bytes), _gb(r.load_bytes), _gb(r.run_bytes), str(r.seq_len), ", ".join(r.clients), r.work))
+        lines.append(
+            (
+                r.variant.name,
+                where,
+                "?" if r.bits_per_weight is None else f"{r.bits_per_weight:.2f}",
+                _gb(r.bytes),
+                _gb(r.load_bytes),
+                _gb(r.run_bytes),
+                str(r.seq_len),
+                ", ".join(r.clients),
+                r.work,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-    return (f"{text}\n\n{params / 1e9:.2f} B parameters. LOAD = weights in memory (GGUF: file + 2.5 GB, "
-            "as publishers state max RAM); RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ.")
+    return (
+        f"{text}\n\n{params / 1e9:.2f} B parameters. LOAD = weights in memory (GGUF: file + 2.5 GB, "
+        "as publishers state max RAM); RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ."
+    )
 
 
 def plan_json(rows: list[PlanRow]) -> str:

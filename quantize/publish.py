@@ -38,8 +38,10 @@ class BranchMoved(PublishError):
 
 
 # Why and what to do, after "WHERE: WHAT: ": both transports refuse a commit whose parent is no longer the head.
-MOVED = ("the branch moved since it was listed (another writer committed); nothing was overwritten; "
-         "fix: re-run publish, which lists the branch again")
+MOVED = (
+    "the branch moved since it was listed (another writer committed); nothing was overwritten; "
+    "fix: re-run publish, which lists the branch again"
+)
 
 
 class PublishRefused(QuantizeError):
@@ -92,8 +94,9 @@ class Transport(Protocol):
 
     def prepare(self, repo: str, branch: str) -> None: ...
     def listing(self, repo: str, branch: str) -> Listing: ...
-    def commit(self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str],
-               message: str) -> str: ...  # raises BranchMoved when the branch head is no longer `parent`
+    def commit(
+        self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str], message: str
+    ) -> str: ...  # raises BranchMoved when the branch head is no longer `parent`
 
 
 class TargetRecord(BaseModel):
@@ -135,7 +138,9 @@ def extra(files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool
     return sorted(p for p in remote if exclusive and p not in wanted)
 
 
-def changes(files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool) -> tuple[list[LocalFile], list[str]]:
+def changes(
+    files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool
+) -> tuple[list[LocalFile], list[str]]:
     """What to upload and what to delete so the remote matches `files`."""
     return [f for f in files if difference(f, remote.get(f.path))], extra(files, remote, exclusive)
 
@@ -146,25 +151,35 @@ def mismatches(files: list[LocalFile], remote: dict[str, RemoteFile]) -> list[st
 
 def targets(variant: Variant) -> list[Target]:
     """The variant's own branch; `main` for a format's default; every GGUF file also on the GGUF repo's main."""
-    return [Target(variant.repo, branch, exclusive=exclusive) for branch, exclusive in formats.of(variant).targets(variant)]
+    return [
+        Target(variant.repo, branch, exclusive=exclusive) for branch, exclusive in formats.of(variant).targets(variant)
+    ]
 
 
 def publishable(variant: Variant, folder: Path) -> Report:
     """The variant's report, if it may be published; otherwise a refusal that says what to run."""
     report = read_report(folder)
     if report is None:
-        raise PublishRefused(f"{variant.name}: not built in {folder}; run `python -m quantize build --variant {variant.name}`")
+        raise PublishRefused(
+            f"{variant.name}: not built in {folder}; run `python -m quantize build --variant {variant.name}`"
+        )
     if report.status == "built":
-        raise PublishRefused(f"{variant.name}: built but not checked; run `python -m quantize check --variant {variant.name}` first")
+        raise PublishRefused(
+            f"{variant.name}: built but not checked; run `python -m quantize check --variant {variant.name}` first"
+        )
     if report.status == "failed":
         failed = [v.gate for v in report.checks.verdicts if not v.passed] if report.checks else []
-        raise PublishRefused(f"{variant.name}: failed its gates ({', '.join(failed) or 'checks'}); a variant that fails "
-                             "its checks is never published (fix: change the variant or its gate in eval/, rebuild, check)")
+        raise PublishRefused(
+            f"{variant.name}: failed its gates ({', '.join(failed) or 'checks'}); a variant that fails "
+            "its checks is never published (fix: change the variant or its gate in eval/, rebuild, check)"
+        )
     for f in report.files:
         path = folder / f.path
         if not path.is_file() or path.stat().st_size != f.size or file_sha256(path, memo=False) != f.sha256:
-            raise PublishRefused(f"{folder / f.path}: differs from report.json since it was checked; "
-                                 f"rebuild with `python -m quantize build --variant {variant.name} --force`")
+            raise PublishRefused(
+                f"{folder / f.path}: differs from report.json since it was checked; "
+                f"rebuild with `python -m quantize build --variant {variant.name} --force`"
+            )
     return report
 
 
@@ -221,8 +236,14 @@ class Publisher:
         last = _last_commits(path, self.transport)
         message = f"{variant.name}: {report.inputs_hash[:12]}"
         records = [self._push(t, files, message, last.get((t.repo, t.branch))) for t in targets(variant)]
-        record = PublishRecord(variant=variant.name, transport=self.transport.name, where=self.transport.where,
-                               inputs_hash=report.inputs_hash, published_at=now(), targets=records)
+        record = PublishRecord(
+            variant=variant.name,
+            transport=self.transport.name,
+            where=self.transport.where,
+            inputs_hash=report.inputs_hash,
+            published_at=now(),
+            targets=records,
+        )
         write_json(path, record.model_dump(mode="json"))
         return record
 
@@ -242,9 +263,16 @@ class Publisher:
         else:
             log.info("%s: up to date, nothing uploaded", where)
         after = t.listing(target.repo, target.branch)
-        problems = mismatches(files, after.files) + [f"{p} should not be there"
-                                                     for p in extra(files, after.files, target.exclusive)]
+        problems = mismatches(files, after.files) + [
+            f"{p} should not be there" for p in extra(files, after.files, target.exclusive)
+        ]
         if problems:
             raise PublishError(f"{t.where} {where}: after upload, {'; '.join(problems)}")
-        return TargetRecord(repo=target.repo, branch=target.branch, commit=commit or last or after.head,
-                            uploaded=[f.path for f in upload], deleted=delete, verified=len(files))
+        return TargetRecord(
+            repo=target.repo,
+            branch=target.branch,
+            commit=commit or last or after.head,
+            uploaded=[f.path for f in upload],
+            deleted=delete,
+            verified=len(files),
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +22,17 @@ from .config import Variant
 
 REPORT_NAME = "report.json"
 SCHEMA_VERSION = 1
-TRACKED_PACKAGES = ("quantize", "torch", "transformers", "gptqmodel", "tokenizers", "safetensors", "gguf",
-                    "llama-cpp-python", "numpy")
+TRACKED_PACKAGES = (
+    "quantize",
+    "torch",
+    "transformers",
+    "gptqmodel",
+    "tokenizers",
+    "safetensors",
+    "gguf",
+    "llama-cpp-python",
+    "numpy",
+)
 
 
 class StageMeasure(BaseModel):
@@ -109,9 +118,15 @@ class VariantInfo(BaseModel):
     params: dict[str, Any]
 
     @classmethod
-    def of(cls, variant: Variant) -> "VariantInfo":
-        return cls(name=variant.name, branch=variant.branch, format=variant.format, repo=variant.repo,
-                   default=variant.default, params=variant.params())
+    def of(cls, variant: Variant) -> VariantInfo:
+        return cls(
+            name=variant.name,
+            branch=variant.branch,
+            format=variant.format,
+            repo=variant.repo,
+            default=variant.default,
+            params=variant.params(),
+        )
 
 
 class BaseModelInfo(BaseModel):
@@ -175,7 +190,7 @@ def package_versions() -> dict[str, str]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def python_version() -> str:

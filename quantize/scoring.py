@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from pydantic import BaseModel
@@ -38,13 +38,13 @@ class Reference:
     def save(self, path: Path) -> None:
         np.savez(path, target_lp=self.target_lp, top_ids=self.top_ids, top_lp=self.top_lp)
 
-    def scores(self) -> "Scores":
+    def scores(self) -> Scores:
         """The base model's own perplexity, from the exact target log-probabilities kept here."""
         mean_nll = float(-self.target_lp.mean())
         return Scores(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=int(self.target_lp.size))
 
     @classmethod
-    def load(cls, path: Path) -> "Reference":
+    def load(cls, path: Path) -> Reference:
         with np.load(path) as data:
             return cls(data["target_lp"], data["top_ids"], data["top_lp"])
 
@@ -66,7 +66,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def _scored(window: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = len(window) // 2
-    return _log_softmax(logits[first:-1]), window[first + 1:]
+    return _log_softmax(logits[first:-1]), window[first + 1 :]
 
 
 def reference(windows: np.ndarray, logits_fn: LogitsFn, k: int = TOP_K) -> Reference:
@@ -143,9 +143,13 @@ class HFScorer:
         import torch
 
         with torch.no_grad():
-            out = self.model.generate(torch.tensor([ids], device=self.model.device), max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=stop if pad is None else pad)
-        return out[0, len(ids):].tolist()
+            out = self.model.generate(
+                torch.tensor([ids], device=self.model.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=stop if pad is None else pad,
+            )
+        return out[0, len(ids) :].tolist()
 
 
 def hf_logits_fn(model_dir: Path, device: str = "cpu", dtype=None, **load_kwargs) -> LogitsFn:

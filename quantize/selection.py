@@ -27,8 +27,13 @@ def matches(variant: Variant, pattern: str) -> bool:
     """`key=value` against format, name, branch or a parameter; otherwise a glob on name or branch."""
     if "=" in pattern:
         key, value = (s.strip() for s in pattern.split("=", 1))
-        fields = {"format": variant.format, "name": variant.name, "branch": variant.branch,
-                  "default": variant.default, **variant.params()}
+        fields = {
+            "format": variant.format,
+            "name": variant.name,
+            "branch": variant.branch,
+            "default": variant.default,
+            **variant.params(),
+        }
         if key not in fields:
             raise QuantizeError(f"--filter {pattern!r}: unknown key {key!r}; use one of {', '.join(sorted(fields))}")
         return str(fields[key]).lower() == value.lower()
@@ -36,11 +41,13 @@ def matches(variant: Variant, pattern: str) -> bool:
 
 
 def select(variants: list[Variant], filters: list[str] | None, shard_spec: str | None) -> list[Variant]:
-    """Filters, then the shard. A filter that matches nothing is an error: a typo must not build (or plan) nothing and succeed."""
+    """Filters, then the shard. A filter matching nothing is an error: a typo must not build nothing and succeed."""
     chosen = [v for v in variants if all(matches(v, f) for f in filters or [])]
     if filters and not chosen:
-        raise QuantizeError(f"no variant matches {' '.join(f'--filter {f}' for f in filters)}",
-                            "see the names and parameters with `python -m quantize list`")
+        raise QuantizeError(
+            f"no variant matches {' '.join(f'--filter {f}' for f in filters)}",
+            "see the names and parameters with `python -m quantize list`",
+        )
     if shard_spec:
         chosen = shard(chosen, *parse_shard(shard_spec))
     return chosen

@@ -37,7 +37,8 @@ def check_group_size(config: dict, group_size: int, file: str, variant: str) -> 
         if width % group_size:
             sizes = ", ".join(str(g) for g in working_group_sizes(config))
             raise ConfigError(
-                file, f"variant {variant}: group_size",
+                file,
+                f"variant {variant}: group_size",
                 f"{group_size} does not divide the input width {width} of {layer}",
                 f"use one of: {sizes}",
             )

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .config import Strict, load_yaml
-from .records import Reply
 
 MARKER = re.compile(r"<\|[^|>]{1,32}\|>|\[/?INST\]")
 
@@ -41,16 +40,19 @@ def template_problem(template: str, default_system: str, tokenizer) -> str | Non
         return None
     probe = SmokePrompt(prompt="Name a colour.")
     messages = ([{"role": "system", "content": default_system}] if "{system}" in template else []) + [
-        {"role": "user", "content": probe.prompt}]
+        {"role": "user", "content": probe.prompt}
+    ]
     theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ours = render(template, probe, default_system)
     # Some templates write the BOS text themselves, which the tokenizer then adds as a token.
     bos = tokenizer.bos_token or ""
-    if ours == theirs or (bos and theirs.startswith(bos) and ours == theirs[len(bos):]):
+    if ours == theirs or (bos and theirs.startswith(bos) and ours == theirs[len(bos) :]):
         return None
     at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-    return (f"prompt_template disagrees with the tokenizer's chat template at character {at}: "
-            f"ours {ours[max(0, at - 10):at + 20]!r} vs theirs {theirs[max(0, at - 10):at + 20]!r}")
+    return (
+        f"prompt_template disagrees with the tokenizer's chat template at character {at}: "
+        f"ours {ours[max(0, at - 10) : at + 20]!r} vs theirs {theirs[max(0, at - 10) : at + 20]!r}"
+    )
 
 
 def reply_problems(reply: str, token_ids: list[int], template: str) -> list[str]:
@@ -61,8 +63,8 @@ def reply_problems(reply: str, token_ids: list[int], template: str) -> list[str]
     if leaked:
         problems.append(f"template leak: {', '.join(leaked)} in the reply")
     if len(token_ids) >= 16:
-        grams = [tuple(token_ids[i:i + 4]) for i in range(len(token_ids) - 3)]
-        long = [tuple(token_ids[i:i + 8]) for i in range(len(token_ids) - 7)]
+        grams = [tuple(token_ids[i : i + 4]) for i in range(len(token_ids) - 3)]
+        long = [tuple(token_ids[i : i + 8]) for i in range(len(token_ids) - 7)]
         # Few distinct 4-grams (a short loop), or one 8-token phrase three times (a long loop).
         if len(set(grams)) / len(grams) < 0.35 or max(long.count(g) for g in set(long)) >= 3:
             problems.append("degenerate repetition")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 InputHook = Callable[[str, "object"], None]
 
 
-def default_device() -> tuple[str, "object"]:
+def default_device() -> tuple[str, object]:
     """CUDA in the checkpoint's half precision when present; else the CPU in float32 (exact, and bf16-free)."""
     import torch
 
@@ -107,10 +107,18 @@ class LayerStream:
         with torch.no_grad():
             cos_sin = rotary(hidden[0], position_ids=positions)
             # the mask the model itself would build (None under sdpa: is_causal)
-            make_mask = create_sliding_window_causal_mask if getattr(self.config, "sliding_window", None) \
+            make_mask = (
+                create_sliding_window_causal_mask
+                if getattr(self.config, "sliding_window", None)
                 else create_causal_mask
-            mask = make_mask(config=self.config, inputs_embeds=hidden[0], attention_mask=None,
-                                      past_key_values=None, position_ids=positions)
+            )
+            mask = make_mask(
+                config=self.config,
+                inputs_embeds=hidden[0],
+                attention_mask=None,
+                past_key_values=None,
+                position_ids=positions,
+            )
             for index in bar(range(self.config.num_hidden_layers), desc=desc, unit="layer"):
                 layer = self._materialise(inner.layers[index], f"model.layers.{index}.")
                 handles = []
@@ -118,8 +126,11 @@ class LayerStream:
                     for name, module in layer.named_modules():
                         if isinstance(module, torch.nn.Linear):
                             full = f"model.layers.{index}.{name}"
-                            handles.append(module.register_forward_pre_hook(
-                                lambda _m, args, full=full: hook(full, args[0].reshape(-1, args[0].shape[-1]))))
+                            handles.append(
+                                module.register_forward_pre_hook(
+                                    lambda _m, args, full=full: hook(full, args[0].reshape(-1, args[0].shape[-1]))
+                                )
+                            )
                 try:
                     for i, h in enumerate(hidden):
                         out = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)

@@ -46,7 +46,7 @@ class TextSource(Strict):
     holdout: Holdout | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "TextSource":
+    def _exactly_one(self) -> TextSource:
         given = [k for k in ("hub", "files", "pypi") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of `hub`, `files`, `pypi`")

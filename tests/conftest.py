@@ -45,10 +45,21 @@ def wiki_texts(wiki_json) -> list[str]:
 def tiny_model(tmp_path_factory, wiki_texts) -> Path:
     """A 2-layer random MistralForCausalLM, widths multiples of 256, with a BPE tokenizer trained here."""
     return save_random_mistral(
-        tmp_path_factory.mktemp("tiny-mistral"), wiki_texts,
-        vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
-        sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        tmp_path_factory.mktemp("tiny-mistral"),
+        wiki_texts,
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
 
 
@@ -64,9 +75,19 @@ def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
     folder = tmp_path_factory.mktemp("tiny-mistral-spm")
     model_file = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(wiki_texts[:2000]), model_writer=model_file, vocab_size=1024, model_type="bpe",
-        byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        sentence_iterator=iter(wiki_texts[:2000]),
+        model_writer=model_file,
+        vocab_size=1024,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
         minloglevel=2,
     )
     (folder / "tokenizer.model").write_bytes(model_file.getvalue())
@@ -80,7 +101,8 @@ def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
 
 
 TINY_GATES = {  # a random 2-layer model: loose limits, smoke replies recorded, not judged
-    fmt: {"max_ppl_ratio": 2.0, "max_mean_kld": 1.0, "min_top1": 0.3, "smoke": "report"} for fmt in ("gptq", "awq", "gguf")
+    fmt: {"max_ppl_ratio": 2.0, "max_mean_kld": 1.0, "min_top1": 0.3, "smoke": "report"}
+    for fmt in ("gptq", "awq", "gguf")
 }
 
 
@@ -89,16 +111,26 @@ def write_config(folder: Path, base: Path, variants: list[dict], gates: dict | N
     import yaml
 
     (folder / "eval").mkdir(parents=True, exist_ok=True)
-    (folder / "eval" / "tiny-heldout.yaml").write_text(yaml.safe_dump({
-        "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "heldout"}},
-        "n_ctx": 128, "max_windows": 4, "min_chars": 100}))
-    (folder / "eval" / "tiny-smoke.yaml").write_text(yaml.safe_dump({
-        "max_new_tokens": 8, "prompts": [{"prompt": "What is the capital of France?"}]}))
+    (folder / "eval" / "tiny-heldout.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "heldout"}},
+                "n_ctx": 128,
+                "max_windows": 4,
+                "min_chars": 100,
+            }
+        )
+    )
+    (folder / "eval" / "tiny-smoke.yaml").write_text(
+        yaml.safe_dump({"max_new_tokens": 8, "prompts": [{"prompt": "What is the capital of France?"}]})
+    )
     (folder / "eval" / "tiny-gates.yaml").write_text(yaml.safe_dump(gates or TINY_GATES))
     (folder / "calibration").mkdir(parents=True, exist_ok=True)
     recipe = {
         "source": {"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": "calibration"}},
-        "samples": 8, "seq_len": 128, "min_chars": 100,
+        "samples": 8,
+        "seq_len": 128,
+        "min_chars": 100,
     }
     (folder / "calibration" / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     config = {

@@ -21,10 +21,10 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_PATTERNS = (".safetensors", ".gguf", ".png", ".bin")
@@ -94,8 +94,10 @@ class LocalHub:
         with self.lock:
             repo = self.repos[repo_id]
             commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-            repo.commits[commit] = {**repo.commits[repo.branches[branch]],
-                                    **{p: self.store(data, lfs=False) for p, data in files.items()}}
+            repo.commits[commit] = {
+                **repo.commits[repo.branches[branch]],
+                **{p: self.store(data, lfs=False) for p, data in files.items()},
+            }
             repo.branches[branch] = commit
             return commit
 
@@ -161,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
-        for verb, name, pattern in _ROUTES:
+        for verb, name, pattern in _ROUTES:  # noqa: B007 (the matching route's name is used after the loop)
             match = re.match(pattern, url.path) if verb == method else None
             if match:
                 break
@@ -224,8 +226,16 @@ class _Handler(BaseHTTPRequestHandler):
         found = self._files(g)
         if found:
             commit, files = found
-            self._send(200, {"id": g["repo"], "modelId": g["repo"], "sha": commit, "private": False,
-                             "siblings": [{"rfilename": p} for p in sorted(files)]})
+            self._send(
+                200,
+                {
+                    "id": g["repo"],
+                    "modelId": g["repo"],
+                    "sha": commit,
+                    "private": False,
+                    "siblings": [{"rfilename": p} for p in sorted(files)],
+                },
+            )
 
     def r_refs(self, g, q, head):
         repo = self.hub.repos.get(g["repo"])
@@ -269,7 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
             lfs = f["path"].endswith(LFS_PATTERNS) or f["size"] > REGULAR_LIMIT
             remote = found[1].get(f["path"])
             oid = None if remote is None else (remote.sha256 if remote.lfs else remote.oid)
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._send(200, {"files": out})
 
     def r_lfs_batch(self, g, q, head):
@@ -312,8 +324,9 @@ class _Handler(BaseHTTPRequestHandler):
                 elif key == "lfsFile":
                     if not (self.hub.blobs / value["oid"]).exists():
                         return self._error(400, f"LFS object {value['oid']} was not uploaded")
-                    files[value["path"]] = Blob(value["oid"], value["size"],
-                                                git_oid(_pointer(value["oid"], value["size"])), True)
+                    files[value["path"]] = Blob(
+                        value["oid"], value["size"], git_oid(_pointer(value["oid"], value["size"])), True
+                    )
                 elif key == "deletedFile":
                     files.pop(value["path"], None)
                 elif key == "deletedFolder":
@@ -322,8 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self.hub.repos[g["repo"]]
             repo.commits[commit] = files
             repo.branches[g["rev"]] = commit
-        self._send(200, {"commitUrl": f"{self.hub.url}/{g['repo']}/commit/{commit}", "commitOid": commit,
-                         "pullRequestUrl": None})
+        self._send(
+            200,
+            {"commitUrl": f"{self.hub.url}/{g['repo']}/commit/{commit}", "commitOid": commit, "pullRequestUrl": None},
+        )
 
     def r_resolve(self, g, q, head):
         found = self._files(g)

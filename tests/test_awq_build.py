@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli, write_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-from conftest import run_cli, write_config
 
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # column held by each nibble of a GEMM qweight word
 
@@ -17,8 +16,11 @@ AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # column held by each nibble of a GEMM qwe
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model):
     work = tmp_path_factory.mktemp("awq")
-    config = write_config(work, tiny_model, [{"format": "awq", "matrix": {"group_size": [32, 128]},
-                                              "include": [{"group_size": 128, "default": True}]}])
+    config = write_config(
+        work,
+        tiny_model,
+        [{"format": "awq", "matrix": {"group_size": [32, 128]}, "include": [{"group_size": 128, "default": True}]}],
+    )
     out = work / "out"
     run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
     return {"out": out, "base": tiny_model, "config": config}
@@ -27,10 +29,19 @@ def built(tmp_path_factory, tiny_model):
 def test_configs_are_what_autoawq_clients_and_transformers_read(built):
     folder = built["out"] / "awq-4bit-128g"
     assert json.loads((folder / "quant_config.json").read_text()) == {
-        "zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"}
+        "zero_point": True,
+        "q_group_size": 128,
+        "w_bit": 4,
+        "version": "GEMM",
+    }
     config = json.loads((folder / "config.json").read_text())
     assert config["quantization_config"] == {
-        "quant_method": "awq", "zero_point": True, "group_size": 128, "bits": 4, "version": "gemm"}
+        "quant_method": "awq",
+        "zero_point": True,
+        "group_size": 128,
+        "bits": 4,
+        "version": "gemm",
+    }
     assert config["dtype"] == "float16"
     assert not (folder / "quantize_config.json").exists()
     for file in folder.glob("*.json"):

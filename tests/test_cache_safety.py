@@ -18,16 +18,24 @@ VARIANTS = [{"format": "gguf", "quant_type": "Q8_0"}, {"format": "gguf", "quant_
 
 def cli(*args, cache, cwd, prefix=()):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "QUANTIZE_CACHE": str(cache)}
-    return subprocess.Popen([*prefix, sys.executable, "-m", "quantize", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "quantize", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def on_small_disk(mount, size: str):
     """A command prefix that runs the rest with a `size` tmpfs mounted on `mount`, then prints what it left there
     (`left: NAME` lines on stderr: the mount goes away with the namespace)."""
     mount.mkdir(parents=True, exist_ok=True)
-    script = (f'mount -t tmpfs -o size={size} tmpfs "{mount}" || exit 99; "$@"; rc=$?; '
-              f'find "{mount}" -mindepth 1 -printf "left: %P\\n" >&2; exit $rc')
+    script = (
+        f'mount -t tmpfs -o size={size} tmpfs "{mount}" || exit 99; "$@"; rc=$?; '
+        f'find "{mount}" -mindepth 1 -printf "left: %P\\n" >&2; exit $rc'
+    )
     return ("unshare", "-rm", "sh", "-c", script, "sh")
 
 
@@ -42,10 +50,12 @@ def leftovers(folder):
 def test_two_shards_share_one_cold_cache_and_one_out(tmp_path, tiny_model):
     config = write_config(tmp_path, tiny_model, VARIANTS)
     cache, out = tmp_path / "cache", tmp_path / "out"
-    procs = [cli("build", "--config", str(config), "--out", str(out), "--variant", name, cache=cache, cwd=tmp_path)
-             for name in ("gguf-q8_0", "gguf-i1-q4_k_m")]
+    procs = [
+        cli("build", "--config", str(config), "--out", str(out), "--variant", name, cache=cache, cwd=tmp_path)
+        for name in ("gguf-q8_0", "gguf-i1-q4_k_m")
+    ]
     results = [p.communicate(timeout=900) for p in procs]
-    for proc, (stdout, stderr) in zip(procs, results):
+    for proc, (_stdout, stderr) in zip(procs, results):
         assert proc.returncode == 0, stderr[-3000:]
     stderr = "".join(err for _, err in results)
     # Each shared entry was computed by exactly one of the two processes; the other waited and reused it.
@@ -65,8 +75,17 @@ def test_full_cache_disk_is_one_line_naming_that_disk(tmp_path, tiny_model):
     """1 MB of cache: tokens fit, the 3.4 MB F16 GGUF does not; the message names the cache file, not --out."""
     config = write_config(tmp_path, tiny_model, VARIANTS[:1])
     cache = tmp_path / "small-cache"
-    proc = cli("build", "--config", str(config), "--out", str(tmp_path / "out"), "--all", cache=cache, cwd=tmp_path,
-               prefix=on_small_disk(cache, "1m"))
+    proc = cli(
+        "build",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "out"),
+        "--all",
+        cache=cache,
+        cwd=tmp_path,
+        prefix=on_small_disk(cache, "1m"),
+    )
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 1, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -82,8 +101,18 @@ def test_small_out_disk_is_refused_before_building(tmp_path, tiny_model):
     """--out on 3 MB: refused before any work, naming that disk (not the cache's, which has room)."""
     config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "F16"}])
     out = tmp_path / "small-out"
-    proc = cli("build", "--config", str(config), "--out", str(out), "--all", "--no-check", cache=tmp_path / "cache",
-               cwd=tmp_path, prefix=on_small_disk(out, "3m"))
+    proc = cli(
+        "build",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--all",
+        "--no-check",
+        cache=tmp_path / "cache",
+        cwd=tmp_path,
+        prefix=on_small_disk(out, "3m"),
+    )
     stdout, stderr = proc.communicate(timeout=600)
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
@@ -107,8 +136,18 @@ def test_publish_reads_the_bytes_not_the_digest_memo(tmp_path, tiny_model):
         handle.write(bytes([last[0] ^ 1]))
     os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert gguf.stat().st_mtime_ns == stat.st_mtime_ns and gguf.stat().st_size == stat.st_size
-    proc = cli("publish", "--config", str(config), "--out", str(out), "--all", "--git", str(tmp_path / "mirror"),
-               cache=cache, cwd=tmp_path)
+    proc = cli(
+        "publish",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--all",
+        "--git",
+        str(tmp_path / "mirror"),
+        cache=cache,
+        cwd=tmp_path,
+    )
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and f"error: {gguf}: differs from report.json since it was checked" in stderr, stderr
     assert not (tmp_path / "mirror").exists()

@@ -9,12 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import WIKI
 
 from quantize.calibration import calibration_set, collect_text, load_recipe
 from quantize.errors import CalibrationError
 from quantize.hashing import tree_sha256
-
-from conftest import WIKI
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +77,9 @@ def test_local_file_sources(tmp_path, suffix, wiki_texts):
 def test_holdout_parts_are_disjoint_and_complete(tmp_path):
     parts = {}
     for part in ("calibration", "heldout"):
-        path = recipe_file(tmp_path, name=part, source={"pypi": WIKI, "text_field": "extract",
-                                                         "holdout": {"every": 10, "part": part}})
+        path = recipe_file(
+            tmp_path, name=part, source={"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": part}}
+        )
         parts[part], _ = collect_text(load_recipe(path))
     everything, _ = collect_text(load_recipe(recipe_file(tmp_path)))
     assert not set(parts["calibration"]) & set(parts["heldout"])

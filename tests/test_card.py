@@ -22,11 +22,21 @@ GOLDEN = Path(__file__).parent / "golden" / "card"
 
 def inputs(repo: str) -> CardInputs:
     project = load_config(GOLDEN / "variants.yaml")
-    rows = [Row(v, Report.model_validate_json((GOLDEN / "reports" / f"{v.branch}.json").read_text()))
-            for v in project.variants if v.repo == repo]
-    return CardInputs(project=project, repo=repo, format=rows[0].variant.format, rows=rows, model_type="mistral",
-                      base_card=(GOLDEN / "original.md").read_text(),
-                      family={v.format: v.repo for v in project.variants}, has_plot=True)
+    rows = [
+        Row(v, Report.model_validate_json((GOLDEN / "reports" / f"{v.branch}.json").read_text()))
+        for v in project.variants
+        if v.repo == repo
+    ]
+    return CardInputs(
+        project=project,
+        repo=repo,
+        format=rows[0].variant.format,
+        rows=rows,
+        model_type="mistral",
+        base_card=(GOLDEN / "original.md").read_text(),
+        family={v.format: v.repo for v in project.variants},
+        has_plot=True,
+    )
 
 
 @pytest.mark.parametrize("repo", ["tester/tiny-mistral-GPTQ", "tester/tiny-mistral-GGUF"])
@@ -52,15 +62,39 @@ def test_provided_files_rows_come_from_the_reports():
     card = render(c)
     table = [line for line in card.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
-    assert header == ["Branch", "Bits", "GS", "Act Order", "Damp %", "GPTQ Dataset", "Seq Len", "Size", "ExLlama",
-                      "PPL", "Δ PPL", "KLD", "VRAM", "Desc"]
+    assert header == [
+        "Branch",
+        "Bits",
+        "GS",
+        "Act Order",
+        "Damp %",
+        "GPTQ Dataset",
+        "Seq Len",
+        "Size",
+        "Loads in",
+        "PPL",
+        "Δ PPL",
+        "KLD",
+        "VRAM",
+        "Desc",
+    ]
     for row in c.rows:
         line = next(line for line in table if row.variant.branch in line)
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         ch = row.report.checks
         assert cells[9] == f"{ch.ppl:.3f}" and cells[10] == f"{ch.ppl_delta:+.3f}" and cells[11] == f"{ch.mean_kld:.4f}"
         assert cells[1] == str(row.variant.spec.bits) and cells[6] == str(row.report.inputs.calibration.seq_len)
-    assert re.search(r"\| \[main\]\(.*\) \(= gptq-4bit-32g-actorder_True\) \| 4 \| 32 \| True \| 0\.1 \|", card)
+    assert re.search(
+        r"\| \[main\]\(.*\) \(= gptq-4bit-32g-actorder_True\) \| 4 \| 32 \| True \(static\) \| 0\.1 \|", card
+    )
+    # Client claims come from the tested table: 4-bit loads in vLLM, 8-bit (CPU build) does not.
+    four = next(line for line in table if "(= gptq-4bit-32g-actorder_True)" in line)
+    eight = next(line for line in table if line.startswith("| [gptq-8bit-32g-actorder_True]"))
+    assert "| transformers, vLLM |" in four and "| transformers |" in eight and "ExLlama" not in four
+    assert "| gptq-8bit-32g-actorder_True | yes | no | untested | untested |" in card
+    assert (
+        "--quantization" not in card and "vllm serve tester/tiny-mistral-GPTQ --revision main --dtype float16" in card
+    )
     # The original card follows, without its own front matter.
     assert card.count("---\n") == 2 and "# Model Card for Zephyr 7B β" in card.split("original-model-card start")[1]
 

@@ -7,19 +7,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GATES, run_cli, write_config
 
 from quantize.scoring import hf_logits_fn, reference, score
 from quantize.smoke import reply_problems
-
-from conftest import TINY_GATES, run_cli, write_config
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model):
     work = tmp_path_factory.mktemp("checks")
-    variants = [{"format": "gptq", "matrix": {"bits": [8, 4], "group_size": [32]},
-                 "include": [{"bits": 4, "group_size": 32, "default": True}]},
-                {"format": "gguf", "matrix": {"quant_type": ["F16", "Q8_0", "Q4_K_M"]}}]
+    variants = [
+        {
+            "format": "gptq",
+            "matrix": {"bits": [8, 4], "group_size": [32]},
+            "include": [{"bits": 4, "group_size": 32, "default": True}],
+        },
+        {"format": "gguf", "matrix": {"quant_type": ["F16", "Q8_0", "Q4_K_M"]}},
+    ]
     config = write_config(work, tiny_model, variants)
     out = work / "out"
     run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
@@ -35,15 +39,17 @@ def test_hf_and_f16_gguf_give_the_same_perplexity(built):
 
 
 def test_kld_is_zero_for_the_base_against_itself(built):
+    from transformers import AutoTokenizer
+
     from quantize.basemodel import resolve_base
     from quantize.config import load_config
     from quantize.evalset import eval_set, find_eval
-    from transformers import AutoTokenizer
 
     project = load_config(built["config"])
     base = resolve_base(project)
-    windows = eval_set(find_eval(project.root, "tiny-heldout"), AutoTokenizer.from_pretrained(base.path),
-                       base.tokenizer_hash).windows
+    windows = eval_set(
+        find_eval(project.root, "tiny-heldout"), AutoTokenizer.from_pretrained(base.path), base.tokenizer_hash
+    ).windows
     fn = hf_logits_fn(base.path, dtype=torch.float32)
     scores = score(windows, fn, reference(windows, fn))
     assert scores.mean_kld < 1e-9 and scores.top1_agreement == 1.0
@@ -79,15 +85,24 @@ def test_a_failed_gate_blocks(built, tmp_path):
 
 
 def test_a_broken_chat_template_is_caught(built, tmp_path):
-    config = write_config(tmp_path, built["base"], [{"format": "gguf", "quant_type": "Q8_0"}],
-                          prompt_template="<|user|>{prompt}<|assistant|>")
+    config = write_config(
+        tmp_path,
+        built["base"],
+        [{"format": "gguf", "quant_type": "Q8_0"}],
+        prompt_template="<|user|>{prompt}<|assistant|>",
+    )
     proc = run_cli("build", "--config", str(config), "--out", str(tmp_path / "out"), "--all")
     assert proc.returncode == 1
     checks = json.loads((tmp_path / "out" / "gguf-q8_0" / "report.json").read_text())["checks"]
     assert "disagrees with the tokenizer's chat template" in checks["template_problem"]
     verdicts = {v["gate"]: v["passed"] for v in checks["verdicts"]}
-    assert not checks["passed"] and verdicts == {"max_ppl_ratio": True, "max_mean_kld": True, "min_top1": True,
-                                                   "chat_template": False, "smoke": True}
+    assert not checks["passed"] and verdicts == {
+        "max_ppl_ratio": True,
+        "max_mean_kld": True,
+        "min_top1": True,
+        "chat_template": False,
+        "smoke": True,
+    }
 
 
 def test_reply_problems():
@@ -98,7 +113,9 @@ def test_reply_problems():
     assert reply_problems("Paris Paris Paris", looping, template) == ["degenerate repetition"]
     assert reply_problems("The capital of France is Paris.", list(range(20)), template) == []
     phrase = list(range(100, 110))  # a 10-token phrase said three times, with other words around
-    assert reply_problems("Hola...", [1, 2] + phrase + [3] + phrase + [4, 5] + phrase, template) == ["degenerate repetition"]
+    assert reply_problems("Hola...", [1, 2] + phrase + [3] + phrase + [4, 5] + phrase, template) == [
+        "degenerate repetition"
+    ]
 
 
 def test_report_table_json_and_plot(built):
@@ -106,7 +123,9 @@ def test_report_table_json_and_plot(built):
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["FORMAT", "VARIANT", "SIZE", "GB"]
     assert lines[1].startswith("base") and any(line.startswith("gguf") and "gguf-q4_k_m" in line for line in lines)
-    md = run_cli("report", "--config", str(built["config"]), "--out", str(built["out"]), "--markdown", check=True).stdout
+    md = run_cli(
+        "report", "--config", str(built["config"]), "--out", str(built["out"]), "--markdown", check=True
+    ).stdout
     assert md.startswith("| FORMAT | VARIANT |") and md.count("\n") >= 6
     data = json.loads((built["out"] / "comparison.json").read_text())
     assert {r["variant"] for r in data["variants"]} >= {"gguf-q8_0", "gptq-4bit-32g"}

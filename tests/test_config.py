@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, run_cli
 
 from quantize.config import load_config, parse_config
 from quantize.errors import ConfigError, UnknownVariantError
 
-from conftest import ROOT, run_cli
-
 THEBLOKE_GPTQ_BRANCHES = {
-    "gptq-4bit-32g-actorder_True", "gptq-4bit-64g-actorder_True", "gptq-8bit--1g-actorder_True",
-    "gptq-8bit-128g-actorder_True", "gptq-8bit-32g-actorder_True",
+    "gptq-4bit-32g-actorder_True",
+    "gptq-4bit-64g-actorder_True",
+    "gptq-8bit--1g-actorder_True",
+    "gptq-8bit-128g-actorder_True",
+    "gptq-8bit-32g-actorder_True",
 }
 
 
@@ -61,40 +63,68 @@ def test_variant_lookup_by_short_or_branch_name():
 
 
 def test_matrix_include_exclude(tmp_path):
-    doc = base_doc(variants=[{
-        "format": "gptq",
-        "matrix": {"bits": [4, 8], "group_size": [32, 128], "desc_act": [True, False]},
-        "exclude": [{"bits": 8, "desc_act": False}],
-        "include": [{"bits": 4, "group_size": 128, "desc_act": True, "default": True},
-                    {"bits": 8, "group_size": -1, "desc_act": True}],
-    }])
+    doc = base_doc(
+        variants=[
+            {
+                "format": "gptq",
+                "matrix": {"bits": [4, 8], "group_size": [32, 128], "desc_act": [True, False]},
+                "exclude": [{"bits": 8, "desc_act": False}],
+                "include": [
+                    {"bits": 4, "group_size": 128, "desc_act": True, "default": True},
+                    {"bits": 8, "group_size": -1, "desc_act": True},
+                ],
+            }
+        ]
+    )
     project = parse_config(doc, tmp_path / "v.yaml")
     names = [v.name for v in project.variants]
-    assert names == ["gptq-4bit-32g", "gptq-4bit-32g-noact", "gptq-4bit-128g", "gptq-4bit-128g-noact",
-                     "gptq-8bit-32g", "gptq-8bit-128g", "gptq-8bit"]
+    assert names == [
+        "gptq-4bit-32g",
+        "gptq-4bit-32g-noact",
+        "gptq-4bit-128g",
+        "gptq-4bit-128g-noact",
+        "gptq-8bit-32g",
+        "gptq-8bit-128g",
+        "gptq-8bit",
+    ]
     assert [v.name for v in project.variants if v.default] == ["gptq-4bit-128g"]
     assert project.variant("gptq-4bit-32g-noact").branch == "gptq-4bit-32g-actorder_False"
 
 
-@pytest.mark.parametrize("doc, field, words", [
-    (base_doc(variants=[{"format": "gptq", "bits": 4, "group_sise": 32}]), "variants[0].group_sise", "unknown key"),
-    (base_doc(variants=[{"format": "gptq", "bits": 3}]), "variants[0].bits", "4 or 8"),
-    (base_doc(variants=[{"format": "awq", "bits": 8}]), "variants[0].bits", "AWQ takes 4"),
-    (base_doc(variants=[{"format": "gptq", "group_size": 48}]), "variants[0].group_size", "power of two"),
-    (base_doc(variants=[{"format": "gptq", "group_size": 0}]), "variants[0].group_size", "-1"),
-    (base_doc(variants=[{"format": "gguf", "quant_type": "Q4_K_X"}]), "variants[0].quant_type", "Q4_K_M"),
-    (base_doc(variants=[{"format": "exl2"}]), "variants[0].format", "gptq, awq or gguf"),
-    (base_doc(base_model=None), "base_model", "base_model: {id"),
-    ({k: v for k, v in base_doc().items() if k != "base_model"}, "base_model", "required"),
-    (base_doc(base_model={"revision": "main"}), "base_model", "give `id`"),
-    (base_doc(prompt_template="no placeholder"), "prompt_template", "{prompt}"),
-    (base_doc(calibration="nosuch"), "calibration", "wikitext2"),
-    (base_doc(variants=[{"format": "gptq", "bits": 4}, {"format": "gptq", "bits": 4}]), "variants", "both named"),
-    (base_doc(variants=[{"format": "gptq", "bits": 4, "default": True},
-                        {"format": "gptq", "bits": 8, "default": True}]), "variants.default", "exactly one"),
-    (base_doc(variants=[{"format": "gptq", "bits": 4}, {"format": "gptq", "bits": 8}]), "variants.default", "none is"),
-    (base_doc(variants=[{"format": "gptq", "matrix": {"bits": 4}}]), "variants[0]", "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "doc, field, words",
+    [
+        (base_doc(variants=[{"format": "gptq", "bits": 4, "group_sise": 32}]), "variants[0].group_sise", "unknown key"),
+        (base_doc(variants=[{"format": "gptq", "bits": 3}]), "variants[0].bits", "4 or 8"),
+        (base_doc(variants=[{"format": "awq", "bits": 8}]), "variants[0].bits", "AWQ takes 4"),
+        (base_doc(variants=[{"format": "gptq", "group_size": 48}]), "variants[0].group_size", "power of two"),
+        (base_doc(variants=[{"format": "gptq", "group_size": 0}]), "variants[0].group_size", "-1"),
+        (base_doc(variants=[{"format": "gguf", "quant_type": "Q4_K_X"}]), "variants[0].quant_type", "Q4_K_M"),
+        (base_doc(variants=[{"format": "exl2"}]), "variants[0].format", "gptq, awq or gguf"),
+        (base_doc(base_model=None), "base_model", "base_model: {id"),
+        ({k: v for k, v in base_doc().items() if k != "base_model"}, "base_model", "required"),
+        (base_doc(base_model={"revision": "main"}), "base_model", "give `id`"),
+        (base_doc(prompt_template="no placeholder"), "prompt_template", "{prompt}"),
+        (base_doc(calibration="nosuch"), "calibration", "wikitext2"),
+        (base_doc(variants=[{"format": "gptq", "bits": 4}, {"format": "gptq", "bits": 4}]), "variants", "both named"),
+        (
+            base_doc(
+                variants=[
+                    {"format": "gptq", "bits": 4, "default": True},
+                    {"format": "gptq", "bits": 8, "default": True},
+                ]
+            ),
+            "variants.default",
+            "exactly one",
+        ),
+        (
+            base_doc(variants=[{"format": "gptq", "bits": 4}, {"format": "gptq", "bits": 8}]),
+            "variants.default",
+            "none is",
+        ),
+        (base_doc(variants=[{"format": "gptq", "matrix": {"bits": 4}}]), "variants[0]", "non-empty list"),
+    ],
+)
 def test_bad_config_is_one_line_naming_file_field_and_fix(tmp_path, doc, field, words):
     message = error_of(doc, tmp_path)
     assert f": {field}" in message, message

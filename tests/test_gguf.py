@@ -7,18 +7,35 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, write_config
 
 from quantize.formats.gguf.convert import ModelMeta, convert
 from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
 
-from conftest import run_cli, write_config
-
-TYPES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_K_S", "Q5_K_M", "Q6_K",
-         "Q8_0", "F16"]
+TYPES = [
+    "Q2_K",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_0",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_0",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q6_K",
+    "Q8_0",
+    "F16",
+]
 TRICKY = [
-    "Hello world", "  leading spaces and   runs of    spaces", "tabs\tand\nnew\n\nlines",
-    "digits 1234567890 and 3.14159, 2024-11-26", "emoji 🙂🚀 and 👩‍👩‍👧", "non-Latin: Здравствуй мир, 日本語のテキスト, مرحبا",
-    "mixed   123   456\n  789", "punctuation!!! ?? ... ---",
+    "Hello world",
+    "  leading spaces and   runs of    spaces",
+    "tabs\tand\nnew\n\nlines",
+    "digits 1234567890 and 3.14159, 2024-11-26",
+    "emoji 🙂🚀 and 👩‍👩‍👧",
+    "non-Latin: Здравствуй мир, 日本語のテキスト, مرحبا",
+    "mixed   123   456\n  789",
+    "punctuation!!! ?? ... ---",
 ]
 
 
@@ -51,7 +68,7 @@ def test_f16_logits_and_greedy_match_hf(f16):
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < 0.01, err
     assert (got.argmax(-1) == ref.argmax(-1)).mean() == 1.0
-    hf_next = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+    hf_next = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
     assert gguf_greedy(llm, ids, 8) == hf_next
 
 
@@ -111,9 +128,11 @@ def test_rejects_unknown_architecture(tmp_path, tiny_model):
 def built(tmp_path_factory, tiny_model):
     """Every listed type of the tiny model through the CLI, plus Q4_K_M and IQ2_XS with an imatrix."""
     work = tmp_path_factory.mktemp("gguf")
-    variants = [{"format": "gguf", "matrix": {"quant_type": TYPES}},
-                {"format": "gguf", "quant_type": "IQ2_XS", "imatrix": "tiny"},
-                {"format": "gguf", "quant_type": "Q4_1", "imatrix": "tiny"}]
+    variants = [
+        {"format": "gguf", "matrix": {"quant_type": TYPES}},
+        {"format": "gguf", "quant_type": "IQ2_XS", "imatrix": "tiny"},
+        {"format": "gguf", "quant_type": "Q4_1", "imatrix": "tiny"},
+    ]
     config = write_config(work, tiny_model, variants)
     out = work / "out"
     # Checks are test_checks.py's subject; 2-bit types of a random 2-layer model fail any gate.
@@ -134,15 +153,19 @@ def test_every_type_quantizes_and_loads(built, quant_type):
     assert report["files"][0]["size"] == path.stat().st_size
     assert 1.5 < report["bits_per_weight"] < 17
     file_type = {f.name: f.contents() for f in GGUFReader(path).fields.values() if f.name == "general.file_type"}
-    assert file_type["general.file_type"] == __import__("quantize.formats.gguf.quantize", fromlist=["x"]).file_type(quant_type)
+    assert file_type["general.file_type"] == __import__("quantize.formats.gguf.quantize", fromlist=["x"]).file_type(
+        quant_type
+    )
     llm = load_gguf(path, n_ctx=64)
     logits = gguf_logits(llm, [5, 6, 7, 8])
     assert np.isfinite(logits).all()
 
 
 def test_bits_per_weight_orders_the_types(built):
-    bpw = {t: json.loads((built["out"] / f"gguf-{t.lower()}" / "report.json").read_text())["bits_per_weight"]
-           for t in ("Q2_K", "Q4_K_M", "Q6_K", "Q8_0", "F16")}
+    bpw = {
+        t: json.loads((built["out"] / f"gguf-{t.lower()}" / "report.json").read_text())["bits_per_weight"]
+        for t in ("Q2_K", "Q4_K_M", "Q6_K", "Q8_0", "F16")
+    }
     assert bpw["Q2_K"] < bpw["Q4_K_M"] < bpw["Q6_K"] < bpw["Q8_0"] < bpw["F16"]
     assert 15.5 < bpw["F16"] < 16.5
 
@@ -163,8 +186,17 @@ def test_imatrix_changes_the_weights(built, tmp_path):
     """Q4_1 with and without the imatrix: llama.cpp used the matrix it was given (different bytes)."""
     with_im = built["out"] / "gguf-i1-q4_1" / "tiny-mistral.i1-Q4_1.gguf"
     config = write_config(tmp_path, built["base"], [{"format": "gguf", "quant_type": "Q4_1"}])
-    run_cli("build", "--config", str(config), "--out", str(tmp_path / "out"), "--all", "--no-check", cwd=tmp_path,
-            check=True)
+    run_cli(
+        "build",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "out"),
+        "--all",
+        "--no-check",
+        cwd=tmp_path,
+        check=True,
+    )
     without = tmp_path / "out" / "gguf-q4_1" / "tiny-mistral.Q4_1.gguf"
     assert with_im.read_bytes() != without.read_bytes()
 

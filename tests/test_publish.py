@@ -14,22 +14,30 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_GATES, run_cli, write_config
 from localhub import serve
 
 TOKEN = "hf_local_test_token_5bd0a1"
 REPO_GPTQ, REPO_GGUF = "tester/tiny-mistral-GPTQ", "tester/tiny-mistral-GGUF"
-BRANCHES = {"gptq-4bit-32g-actorder_True": REPO_GPTQ, "gptq-8bit-32g-actorder_True": REPO_GPTQ,
-            "gguf-q8_0": REPO_GGUF, "gguf-q4_k_m": REPO_GGUF}
+BRANCHES = {
+    "gptq-4bit-32g-actorder_True": REPO_GPTQ,
+    "gptq-8bit-32g-actorder_True": REPO_GPTQ,
+    "gguf-q8_0": REPO_GGUF,
+    "gguf-q4_k_m": REPO_GGUF,
+}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model):
     work = tmp_path_factory.mktemp("publish")
-    variants = [{"format": "gptq", "matrix": {"bits": [4, 8], "group_size": [32]},
-                 "include": [{"bits": 4, "group_size": 32, "default": True}]},
-                {"format": "gguf", "matrix": {"quant_type": ["Q8_0", "Q4_K_M"]}}]
+    variants = [
+        {
+            "format": "gptq",
+            "matrix": {"bits": [4, 8], "group_size": [32]},
+            "include": [{"bits": 4, "group_size": 32, "default": True}],
+        },
+        {"format": "gguf", "matrix": {"quant_type": ["Q8_0", "Q4_K_M"]}},
+    ]
     config = write_config(work, tiny_model, variants)
     out = work / "out"
     run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
@@ -57,8 +65,11 @@ def expected_files(built, branch: str) -> dict[str, bytes]:
 
 def published_commits(built) -> dict[tuple[str, str, str], str | None]:
     """(variant branch, repo, target branch) -> the commit out/published/ records for it."""
-    return {(p.stem, t["repo"], t["branch"]): t["commit"] for p in (built["out"] / "published").glob("*.json")
-            for t in json.loads(p.read_text())["targets"]}
+    return {
+        (p.stem, t["repo"], t["branch"]): t["commit"]
+        for p in (built["out"] / "published").glob("*.json")
+        for t in json.loads(p.read_text())["targets"]
+    }
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -69,8 +80,11 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def downloaded(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and ".cache" not in p.parts and p.name != ".gitattributes"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and ".cache" not in p.parts and p.name != ".gitattributes"
+    }
 
 
 def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
@@ -87,12 +101,18 @@ def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
         assert routes.index("create_repo") < routes.index("create_branch") < routes.index("commit")
 
         for branch, repo in BRANCHES.items():
-            got = downloaded(Path(snapshot_download(repo, revision=branch, endpoint=hub.url, cache_dir=tmp_path / "dl")))
+            got = downloaded(
+                Path(snapshot_download(repo, revision=branch, endpoint=hub.url, cache_dir=tmp_path / "dl"))
+            )
             assert got == expected_files(built, branch), branch
         # main of the GPTQ repo is the default variant; main of the GGUF repo holds every GGUF file.
-        main = downloaded(Path(snapshot_download(REPO_GPTQ, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl")))
+        main = downloaded(
+            Path(snapshot_download(REPO_GPTQ, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl"))
+        )
         assert main == expected_files(built, "gptq-4bit-32g-actorder_True")
-        gguf_main = downloaded(Path(snapshot_download(REPO_GGUF, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl")))
+        gguf_main = downloaded(
+            Path(snapshot_download(REPO_GGUF, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl"))
+        )
         assert {p for p in gguf_main if p.endswith(".gguf")} == {"tiny-mistral.Q8_0.gguf", "tiny-mistral.Q4_K_M.gguf"}
         card = gguf_main["README.md"].decode()
         assert "tiny-mistral.Q8_0.gguf" in card and "tiny-mistral.Q4_K_M.gguf" in card
@@ -114,7 +134,9 @@ def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
         # A file removed from the variant's branch by someone else is put back, and only it.
         from huggingface_hub import HfApi
 
-        HfApi(endpoint=hub.url, token=TOKEN).delete_file("config.json", REPO_GPTQ, revision="gptq-8bit-32g-actorder_True")
+        HfApi(endpoint=hub.url, token=TOKEN).delete_file(
+            "config.json", REPO_GPTQ, revision="gptq-8bit-32g-actorder_True"
+        )
         proc = publish(built, "--variant", "gptq-8bit-32g", "--endpoint", hub.url)
         assert "gptq-8bit-32g-actorder_True: uploaded 1 file(s)" in proc.stdout, proc.stdout + proc.stderr
 
@@ -125,7 +147,9 @@ def test_a_wrong_token_gets_the_login_hint_and_leaks_nothing(built, tmp_path):
         proc = publish(built, "--variant", "gguf-q8_0", "--endpoint", hub.url, token=wrong)
         assert proc.returncode == 1
         assert "authentication failed (HTTP 401)" in proc.stderr and "hf auth login" in proc.stderr
-        assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [proc.stderr.splitlines()[-1]]
+        assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+            proc.stderr.splitlines()[-1]
+        ]
         assert wrong not in proc.stdout + proc.stderr
         assert all(wrong not in p.read_text() for p in built["out"].rglob("*.json"))
         assert "commit" not in {name for name, _ in hub.calls}
@@ -140,18 +164,73 @@ def test_a_variant_that_failed_its_gates_is_refused(built, tmp_path):
     run_cli("build", "--config", str(unchecked), "--out", str(out), "--all", "--no-check", check=True)
     with serve(tmp_path / "hub", TOKEN) as hub:
         env = {**os.environ, "HF_TOKEN": TOKEN}
-        proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(config), "--out", str(out),
-                               "--all", "--endpoint", hub.url], capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quantize",
+                "publish",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--all",
+                "--endpoint",
+                hub.url,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert proc.returncode == 1 and "gguf-q4_0: failed its gates (max_mean_kld)" in proc.stderr
-        proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(unchecked), "--out",
-                               str(out), "--all", "--endpoint", hub.url], capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quantize",
+                "publish",
+                "--config",
+                str(unchecked),
+                "--out",
+                str(out),
+                "--all",
+                "--endpoint",
+                hub.url,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert proc.returncode == 1 and "built but not checked" in proc.stderr
-        both = write_config(tmp_path / "c", built["base"], [{"format": "gguf", "quant_type": "Q4_0"},
-                                                             {"format": "gguf", "quant_type": "Q5_0"}], gates=strict)
-        proc = subprocess.run([sys.executable, "-m", "quantize", "publish", "--config", str(both), "--out", str(out),
-                               "--all", "--only-passed", "--endpoint", hub.url], capture_output=True, text=True, env=env)
+        both = write_config(
+            tmp_path / "c",
+            built["base"],
+            [{"format": "gguf", "quant_type": "Q4_0"}, {"format": "gguf", "quant_type": "Q5_0"}],
+            gates=strict,
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quantize",
+                "publish",
+                "--config",
+                str(both),
+                "--out",
+                str(out),
+                "--all",
+                "--only-passed",
+                "--endpoint",
+                hub.url,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert proc.returncode == 1 and "nothing to publish" in proc.stderr
-        assert "skipped gguf-q4_0: failed its gates" in proc.stderr and "skipped gguf-q5_0: built but not" in proc.stderr
+        assert (
+            "skipped gguf-q4_0: failed its gates" in proc.stderr and "skipped gguf-q5_0: built but not" in proc.stderr
+        )
         assert hub.calls == []  # refused before anything was sent
 
 
@@ -165,8 +244,17 @@ def test_a_file_changed_after_its_check_is_refused(built, tmp_path):
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
-    proc = run_cli("publish", "--config", str(built["config"]), "--out", str(out), "--variant", "gguf-q8_0",
-                   "--git", str(tmp_path / "mirror"))
+    proc = run_cli(
+        "publish",
+        "--config",
+        str(built["config"]),
+        "--out",
+        str(out),
+        "--variant",
+        "gguf-q8_0",
+        "--git",
+        str(tmp_path / "mirror"),
+    )
     assert proc.returncode == 1 and "differs from report.json since it was checked" in proc.stderr
     assert not (tmp_path / "mirror").exists()
 
@@ -187,13 +275,23 @@ def test_git_publish_to_a_mirror_served_by_olah(built, tmp_path):
         hf = Path(sys.executable).with_name("hf")
         for branch in ("gptq-4bit-32g-actorder_True", "gguf-q4_k_m"):
             dest = tmp_path / "dl" / branch
-            proc = subprocess.run([str(hf), "download", BRANCHES[branch], "--revision", branch, "--local-dir", str(dest)],
-                                  capture_output=True, text=True, env=env, timeout=120)
+            proc = subprocess.run(
+                [str(hf), "download", BRANCHES[branch], "--revision", branch, "--local-dir", str(dest)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
             assert proc.returncode == 0, proc.stderr[-2000:]
             assert downloaded(dest) == expected_files(built, branch), branch
         dest = tmp_path / "dl" / "main"
-        proc = subprocess.run([str(hf), "download", REPO_GPTQ, "--local-dir", str(dest)], capture_output=True,
-                              text=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [str(hf), "download", REPO_GPTQ, "--local-dir", str(dest)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == 0 and downloaded(dest) == expected_files(built, "gptq-4bit-32g-actorder_True")
         port = int(url.rsplit(":", 1)[1])
     import socket
@@ -267,6 +365,8 @@ def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
 
 def test_offline_mode_fails_at_once_with_how_to_fix(built):
     proc = publish(built, "--variant", "gguf-q8_0", "--endpoint", "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
-    assert error_line(proc).endswith("HF_HUB_OFFLINE is set, so huggingface_hub makes no network calls; "
-                                     "fix: unset HF_HUB_OFFLINE (or publish to a local mirror with --git ROOT)")
+    assert error_line(proc).endswith(
+        "HF_HUB_OFFLINE is set, so huggingface_hub makes no network calls; "
+        "fix: unset HF_HUB_OFFLINE (or publish to a local mirror with --git ROOT)"
+    )
     assert "retrying" not in proc.stderr

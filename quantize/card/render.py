@@ -29,9 +29,15 @@ def _front_matter(c: CardInputs) -> str:
     base = c.project.config.base_model
     cfg = c.project.config
     data = ModelCardData(
-        base_model=base.id, inference=False, license=base.license, model_creator=base.creator,
-        model_name=base.display_name, model_type=c.model_type, prompt_template=cfg.prompt_template,
-        quantized_by=cfg.quantized_by or c.repo.split("/")[0], tags=formats.get(c.format).card_tags(c.rows),
+        base_model=base.id,
+        inference=False,
+        license=base.license,
+        model_creator=base.creator,
+        model_name=base.display_name,
+        model_type=c.model_type,
+        prompt_template=cfg.prompt_template,
+        quantized_by=cfg.quantized_by or c.repo.split("/")[0],
+        tags=formats.get(c.format).card_tags(c.rows),
     )
     return f"---\n{yaml.dump(data.to_dict(), Dumper=_CardDumper, sort_keys=False, allow_unicode=True).strip()}\n---\n"
 
@@ -40,7 +46,9 @@ class _CardDumper(yaml.SafeDumper):
     """Multi-line strings (the prompt template) as literal blocks, the way people write them in cards."""
 
 
-_CardDumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+_CardDumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
 
 
 def _title(c: CardInputs) -> str:
@@ -54,13 +62,21 @@ def _title(c: CardInputs) -> str:
         lines.append(f"- Original model: [{base.display_name}]({HUB}/{base.id})")
     made = fmt.card_engine(c.rows[0].report.versions)
     ev = next((r.report.checks.eval for r in c.rows if r.report.checks), None)
-    lines += ["", "## Description", "",
-              f"{fmt.title} files of {creator + chr(39) + 's ' if creator else ''}{base.display_name}, made with {made} by "
-              f"quantize {__version__}. Each file was checked against the unquantized model before it was "
-              "published, and the figures below were measured on the published bytes: perplexity and KL divergence"
-              + (f" on {ev.source} ({ev.windows} windows of {ev.n_ctx} tokens, {ev.scored_tokens:,} scored tokens, "
-                 "second half of each window as llama.cpp's `perplexity` scores it)" if ev else "")
-              + ", memory, and a short chat in the prompt template below."]
+    lines += [
+        "",
+        "## Description",
+        "",
+        f"{fmt.title} files of {creator + chr(39) + 's ' if creator else ''}{base.display_name}, made with {made} by "
+        f"quantize {__version__}. Each file was checked against the unquantized model before it was "
+        "published, and the figures below were measured on the published bytes: perplexity and KL divergence"
+        + (
+            f" on {ev.source} ({ev.windows} windows of {ev.n_ctx} tokens, {ev.scored_tokens:,} scored tokens, "
+            "second half of each window as llama.cpp's `perplexity` scores it)"
+            if ev
+            else ""
+        )
+        + ", memory, and a short chat in the prompt template below.",
+    ]
     return "\n".join(lines)
 
 
@@ -85,23 +101,36 @@ def _original(c: CardInputs) -> str:
     who = f"{base.creator}'s " if base.creator else ""
     if not c.base_card:
         where = f" See [{base.id}]({HUB}/{base.id})." if base.id else ""
-        return f"# Original model card: {who}{base.display_name}\n\nThe original card was not available when this card was written.{where}"
+        return (
+            f"# Original model card: {who}{base.display_name}\n\n"
+            f"The original card was not available when this card was written.{where}"
+        )
     body = re.sub(r"\A\s*---\n.*?\n---\n", "", c.base_card, count=1, flags=re.S).strip()
     return f"# Original model card: {who}{base.display_name}\n\n{body}"
 
 
 def render(c: CardInputs) -> str:
     fmt = formats.get(c.format)
-    parts = [_front_matter(c), _title(c), _family(c), _template(c), fmt.card_provided(c), fmt.card_download(c),
-             fmt.card_usage(c)]
+    parts = [
+        _front_matter(c),
+        _title(c),
+        _family(c),
+        _template(c),
+        fmt.card_provided(c),
+        fmt.card_download(c),
+        fmt.card_usage(c),
+    ]
     if c.has_plot:
-        parts.append(f"## Size against quality\n\nEvery variant of the family, file size against mean KL divergence "
-                     f"from the unquantized model:\n\n![size against KLD]({PLOT_NAME})")
+        parts.append(
+            f"## Size against quality\n\nEvery variant of the family, file size against mean KL divergence "
+            f"from the unquantized model:\n\n![size against KLD]({PLOT_NAME})"
+        )
     parts += ["<!-- original-model-card start -->", _original(c), "<!-- original-model-card end -->"]
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
 # -- gathering ------------------------------------------------------------------------------
+
 
 def published_rows(project: Project, out_root: Path) -> dict[str, list[Row]]:
     """Variants that passed their checks, grouped by repo: what a card may list."""
@@ -151,8 +180,16 @@ def write_cards(project: Project, out_root: Path) -> dict[str, Path]:
         folder = card_dir(out_root, repo)
         folder.mkdir(parents=True, exist_ok=True)
         plot(table, folder / PLOT_NAME)
-        inputs = CardInputs(project=project, repo=repo, format=rows[0].variant.format, rows=rows,
-                            model_type=config.get("model_type"), base_card=original, family=family, has_plot=True)
+        inputs = CardInputs(
+            project=project,
+            repo=repo,
+            format=rows[0].variant.format,
+            rows=rows,
+            model_type=config.get("model_type"),
+            base_card=original,
+            family=family,
+            has_plot=True,
+        )
         write_atomic(folder / "README.md", render(inputs).encode())
         log.info("card for %s: %s (%d variants)", repo, folder / "README.md", len(rows))
         folders[repo] = folder

@@ -17,6 +17,7 @@ from ..card.markdown import Row
 from ..config import QuantizedSpec
 from ..errors import EngineError
 from ..sizes import model_tensors, safetensors_bytes
+from .clients import TRANSFORMERS, VLLM_CPU, Support
 from .gptqmodel import EngineResult, GPTQModelFormat, publish_configs, run_gptqmodel, written_quantize_config
 
 
@@ -36,10 +37,19 @@ class AWQSpec(QuantizedSpec):
 
 def awq_configs(spec: AWQSpec) -> tuple[dict, dict]:
     """(`config.json` quantization_config, `quant_config.json`), as TheBloke's AWQ repos have them."""
-    hf = {"quant_method": "awq", "zero_point": spec.zero_point, "group_size": spec.group_size,
-          "bits": spec.bits, "version": spec.version}
-    autoawq = {"zero_point": spec.zero_point, "q_group_size": spec.group_size, "w_bit": spec.bits,
-               "version": spec.version.upper()}
+    hf = {
+        "quant_method": "awq",
+        "zero_point": spec.zero_point,
+        "group_size": spec.group_size,
+        "bits": spec.bits,
+        "version": spec.version,
+    }
+    autoawq = {
+        "zero_point": spec.zero_point,
+        "q_group_size": spec.group_size,
+        "w_bit": spec.bits,
+        "version": spec.version.upper(),
+    }
     return hf, autoawq
 
 
@@ -63,18 +73,28 @@ def predict_bytes(config: dict, spec: AWQSpec) -> int:
 
 
 def quantize_awq(base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
-    result = run_gptqmodel(base_path, {
-        "method": "awq",
-        "format": spec.version,
-        "bits": spec.bits,
-        "group_size": spec.group_size,
-        "sym": not spec.zero_point,  # gptqmodel writes zero_point = not sym
-    }, input_ids, out)
+    result = run_gptqmodel(
+        base_path,
+        {
+            "method": "awq",
+            "format": spec.version,
+            "bits": spec.bits,
+            "group_size": spec.group_size,
+            "sym": not spec.zero_point,  # gptqmodel writes zero_point = not sym
+        },
+        input_ids,
+        out,
+    )
     written = written_quantize_config(out)
-    if written.get("quant_method") != "awq" or written.get("zero_point") != spec.zero_point or \
-            str(written.get("version", "")).lower() != spec.version:
-        raise EngineError(f"gptqmodel wrote awq={written.get('quant_method')} zero_point={written.get('zero_point')} "
-                          f"version={written.get('version')}, expected zero_point={spec.zero_point} {spec.version}")
+    if (
+        written.get("quant_method") != "awq"
+        or written.get("zero_point") != spec.zero_point
+        or str(written.get("version", "")).lower() != spec.version
+    ):
+        raise EngineError(
+            f"gptqmodel wrote awq={written.get('quant_method')} zero_point={written.get('zero_point')} "
+            f"version={written.get('version')}, expected zero_point={spec.zero_point} {spec.version}"
+        )
     hf, autoawq = awq_configs(spec)
     publish_configs(out, hf, {"quant_config.json": autoawq}, drop=("quantize_config.json",))
     return result
@@ -96,8 +116,12 @@ class AWQ(GPTQModelFormat):
     def predict_bytes(self, planner, spec: AWQSpec) -> int:
         return predict_bytes(planner.config, spec)
 
-    def clients(self, spec: AWQSpec) -> list[str]:
-        return ["transformers", "vLLM", "TGI"]
+    def support(self, spec: AWQSpec) -> list[Support]:
+        return [
+            Support("transformers", True, TRANSFORMERS),
+            Support("vLLM", True, VLLM_CPU, "CPU build, float16"),
+            Support("TGI", None, "untested", ""),
+        ]
 
     def quantize(self, base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
         return quantize_awq(base_path, spec, input_ids, out)

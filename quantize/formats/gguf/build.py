@@ -17,7 +17,7 @@ from ...hashing import sha256_json, short
 from ...measure import Stages
 from ...paths import cache_dir, compute_once
 from ..base import EngineResult
-from . import file_name
+from . import GGUFSpec, file_name
 from .convert import OUTTYPES, ModelMeta, convert
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
 from .quantize import quantize_file
@@ -31,6 +31,7 @@ def f16_gguf(base: ResolvedBase, meta: ModelMeta) -> Path:
     """The base model as an F16 GGUF, converted once and cached."""
     key = short(sha256_json({"base": base.hash, "meta": meta.__dict__, "converter": CONVERTER_VERSION}))
     path = cache_dir() / "gguf" / key / file_name(meta.name, "F16")
+
     def make(tmp: Path) -> None:
         log.info("converting %s to F16 GGUF (once; cached in %s)", meta.name, path.parent)
         convert(base.path, tmp, "F16", meta)
@@ -52,8 +53,9 @@ def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
     return load_imatrix(path)
 
 
-def build_gguf(base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None,
-               out: Path, stages: Stages) -> EngineResult:
+def build_gguf(
+    base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None, out: Path, stages: Stages
+) -> EngineResult:
     target = out / file_name(meta.name, spec.quant_type, imatrix=spec.imatrix is not None)
     if spec.quant_type in OUTTYPES and spec.quant_type != "F16":
         with stages.stage("convert"):

@@ -43,8 +43,10 @@ class ModelMeta:
 def check_architecture(config: dict, where: Path) -> None:
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise EngineError(f"{where}: architecture {arch} is not supported by the GGUF converter "
-                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        raise EngineError(
+            f"{where}: architecture {arch} is not supported by the GGUF converter "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
 
 
 def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -78,7 +80,9 @@ def write_hparams(writer: gguf.GGUFWriter, config: dict, file_type: gguf.LlamaFi
     head_dim = config.get("head_dim") or hidden // heads
     rope = config.get("rope_parameters") or {}
     if (rope.get("rope_type") or "default") != "default" or config.get("rope_scaling"):
-        raise EngineError(f"rope scaling {rope.get('rope_type') or config.get('rope_scaling')} is not supported by the GGUF converter")
+        raise EngineError(
+            f"rope scaling {rope.get('rope_type') or config.get('rope_scaling')} is not supported by the GGUF converter"
+        )
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(hidden)
     writer.add_block_count(config["num_hidden_layers"])
@@ -155,9 +159,17 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes],
     types = [gguf.TokenType.UNUSED] * vocab_size
     for i in range(min(sp.vocab_size(), vocab_size)):
         tokens[i], scores[i] = sp.IdToPiece(i).encode("utf-8"), sp.GetScore(i)
-        types[i] = (gguf.TokenType.UNKNOWN if sp.IsUnknown(i) else gguf.TokenType.CONTROL if sp.IsControl(i)
-                    else gguf.TokenType.UNUSED if sp.IsUnused(i) else gguf.TokenType.BYTE if sp.IsByte(i)
-                    else gguf.TokenType.NORMAL)
+        types[i] = (
+            gguf.TokenType.UNKNOWN
+            if sp.IsUnknown(i)
+            else gguf.TokenType.CONTROL
+            if sp.IsControl(i)
+            else gguf.TokenType.UNUSED
+            if sp.IsUnused(i)
+            else gguf.TokenType.BYTE
+            if sp.IsByte(i)
+            else gguf.TokenType.NORMAL
+        )
     tok_config = model_dir / "tokenizer_config.json"
     added = json.loads(tok_config.read_text()).get("added_tokens_decoder", {}) if tok_config.is_file() else {}
     for key, data in added.items():
@@ -207,11 +219,15 @@ def bpe_pre_tokenizer(spec: dict) -> str:
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and byte_level_regex:
         return "smollm"
-    raise EngineError(f"tokenizer.json: pre-tokenizer {kinds} has no known llama.cpp equivalent; "
-                      "convert with llama.cpp's convert_hf_to_gguf.py instead")
+    raise EngineError(
+        f"tokenizer.json: pre-tokenizer {kinds} has no known llama.cpp equivalent; "
+        "convert with llama.cpp's convert_hf_to_gguf.py instead"
+    )
 
 
-def _write_tensors(writer: gguf.GGUFWriter, model_dir: Path, config: dict, tensor_type: gguf.GGMLQuantizationType) -> None:
+def _write_tensors(
+    writer: gguf.GGUFWriter, model_dir: Path, config: dict, tensor_type: gguf.GGMLQuantizationType
+) -> None:
     import torch
     from safetensors import safe_open
 

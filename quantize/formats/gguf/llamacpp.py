@@ -17,8 +17,15 @@ def load_gguf(path: Path, n_ctx: int = 512):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2-8x faster on a shared 2-core machine
     from llama_cpp import Llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                 n_threads=os.cpu_count() or 1, n_gpu_layers=0)
+    return Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        logits_all=True,
+        verbose=False,
+        n_threads=os.cpu_count() or 1,
+        n_gpu_layers=0,
+    )
 
 
 def gguf_logits(llm, ids: np.ndarray) -> np.ndarray:

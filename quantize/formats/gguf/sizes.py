@@ -19,7 +19,6 @@ import numpy as np
 from ...errors import EngineError
 from ...sizes import model_tensors
 
-
 _TENSOR_LINE = re.compile(r"\]\s+(\S+)\s+-\s+\[.*?type =\s+(\w+),.*?(?:\((\w+)\)|$)")
 
 
@@ -115,7 +114,11 @@ def predict_gguf_many(config: dict, quant_types: list[str], header_from: Path | 
             if quant_type in ("F16", "F32", "BF16"):
                 types = {name: _f16_file_type(shape, quant_type) for name, shape in layout}
             else:
-                types = {n: gguf.GGMLQuantizationType[t] for n, t in llama_cpp_tensor_types(skeleton, quant_type).items()}
+                types = {
+                    n: gguf.GGMLQuantizationType[t] for n, t in llama_cpp_tensor_types(skeleton, quant_type).items()
+                }
             out[quant_type] = data_start + sum(
-                gguf.GGUFWriter.ggml_pad(_gguf_nbytes(shapes[n], t), gguf.GGUF_DEFAULT_ALIGNMENT) for n, t in types.items())
+                gguf.GGUFWriter.ggml_pad(_gguf_nbytes(shapes[n], t), gguf.GGUF_DEFAULT_ALIGNMENT)
+                for n, t in types.items()
+            )
         return out

@@ -1,0 +1,163 @@
+"""Clients tier (`pytest -m clients`): every layout the toolkit writes, loaded by vLLM's CPU build.
+
+For each file the compatibility table (formats/clients.py) says loads in vLLM, vLLM's
+perplexity on the same token ids is within 1% of transformers' and its per-token
+log-probabilities agree (mean |difference| < 0.01: a file whose g_idx vLLM ignores would
+load and still fail this); for each file the table marks refused, vLLM really refuses it
+with the message the table quotes. So the table cannot go stale. GGUF through llama.cpp is
+tested in the default suite (tests/test_gguf.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_cli, write_config
+
+from quantize import formats
+from quantize.config import load_config
+from quantize.scoring import HFScorer
+
+pytestmark = pytest.mark.clients
+
+SET_A = [
+    {"format": "gptq", "bits": 4, "group_size": 32, "default": True},  # act order, static layout
+    {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": False},
+    {"format": "gptq", "bits": 4, "group_size": -1},
+    {"format": "gptq", "bits": 8, "group_size": 128},
+    {"format": "awq", "bits": 4, "group_size": 128},
+]
+SET_B = [{"format": "gptq", "bits": 4, "group_size": 32, "static_groups": False}]  # AutoGPTQ's dynamic act order
+
+
+@pytest.fixture(scope="module")
+def vllm():
+    from vllm_env import vllm_python
+
+    return vllm_python()
+
+
+def vllm_run(python, tmp_path, folder, windows, prompts=(), max_new_tokens=16, max_model_len=256) -> dict:
+    job = tmp_path / f"job-{folder.name}.json"
+    job.write_text(
+        json.dumps(
+            {
+                "folders": [str(folder)],
+                "windows": [[int(t) for t in w] for w in windows],
+                "prompts": [list(p) for p in prompts],
+                "max_new_tokens": max_new_tokens,
+                "max_model_len": max_model_len,
+            }
+        )
+    )
+    proc = subprocess.run(
+        [str(python), str(ROOT / "tests" / "vllm_runner.py"), str(job)], capture_output=True, text=True, timeout=600
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stderr[-3000:]
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    out = {}
+    for name, variants in (("a", SET_A), ("b", SET_B)):
+        work = tmp_path_factory.mktemp(f"clients-{name}")
+        config = write_config(work, tiny_model, variants)
+        run_cli(
+            "build", "--config", str(config), "--out", str(work / "out"), "--all", "--no-check", cwd=work, check=True
+        )
+        for variant in load_config(config).variants:
+            out[f"{name}:{variant.branch}"] = (variant, work / "out" / variant.branch)
+    return out
+
+
+@pytest.fixture(scope="module")
+def windows(tiny_model, wiki_texts):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny_model)(" ".join(wiki_texts[-300:]))["input_ids"]
+    return np.asarray(ids[: 4 * 128]).reshape(4, 128)
+
+
+def hf_token_logprobs(folder, spec, windows) -> np.ndarray:
+    """transformers' log-probability of each next token, float16 as vLLM computes."""
+    fmt = formats.get(spec.format)
+    config = json.loads((folder / "config.json").read_text())
+    scorer = HFScorer(folder, "cpu", dtype=torch.float16, **fmt.load_kwargs(spec, config, "cpu"))
+    rows = []
+    for w in windows:
+        logits = torch.from_numpy(scorer.logits(w)).double()
+        lp = torch.log_softmax(logits, -1)[:-1]
+        rows.append(lp[torch.arange(len(w) - 1), torch.from_numpy(w[1:])].numpy())
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"a:{b}"
+        for b in (
+            "gptq-4bit-32g-actorder_True",
+            "gptq-4bit-128g-actorder_False",
+            "gptq-4bit--1g-actorder_True",
+            "gptq-8bit-128g-actorder_True",
+            "awq-4bit-128g",
+        )
+    ]
+    + ["b:gptq-4bit-32g-actorder_True"],
+)
+def test_vllm_loads_what_the_table_says_and_matches_transformers(key, built, windows, vllm, tmp_path):
+    variant, folder = built[key]
+    row = next(s for s in formats.of(variant).support(variant.spec) if s.client == "vLLM")
+    result = vllm_run(vllm, tmp_path, folder, windows)
+    if row.loads is False:
+        assert not result["loaded"] and row.refusal in result["error"], result["error"]
+        return
+    assert row.loads is True and result["loaded"], result["error"]
+    got = np.asarray(result["token_logprobs"])
+    ref = hf_token_logprobs(folder, variant.spec, windows)
+    ppl_vllm, ppl_hf = math.exp(-got.mean()), math.exp(-ref.mean())
+    assert abs(ppl_vllm / ppl_hf - 1) < 0.01, (ppl_vllm, ppl_hf)
+    assert np.abs(got - ref).mean() < 0.01, np.abs(got - ref).mean()
+
+
+def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
+    """The README's first command built and published SmolLM2's default GPTQ branch: vLLM serves those bytes,
+    answers the smoke prompts, and its perplexity on the held-out windows is within 1% of the check's figure."""
+    mirror = ROOT / "out" / "hub" / "models" / "local" / "SmolLM2-135M-Instruct-GPTQ"
+    report_file = ROOT / "out" / "gptq-4bit-32g-actorder_True" / "report.json"
+    if not mirror.is_dir() or not report_file.is_file():
+        pytest.skip("run the README's first command (build and publish the SmolLM2 default) first")
+    folder = tmp_path / "published"
+    subprocess.run(
+        ["git", "clone", "--quiet", "--branch", "gptq-4bit-32g-actorder_True", str(mirror), str(folder)], check=True
+    )
+    report = json.loads(report_file.read_text())
+    from transformers import AutoTokenizer
+
+    from quantize.basemodel import TOKENIZER_FILES
+    from quantize.evalset import eval_set, find_eval
+    from quantize.hashing import tree_sha256
+    from quantize.smoke import load_suite, render
+
+    project = load_config(ROOT / "examples" / "smollm2.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # the published copy of the base tokenizer
+    es = eval_set(find_eval(project.root, project.config.evaluation), tokenizer, tree_sha256(folder, TOKENIZER_FILES))
+    assert es.stats.hash == report["checks"]["eval"]["hash"]
+    suite = load_suite(find_eval(project.root, project.config.smoke))
+    cfg = project.config
+    prompts = [tokenizer(render(cfg.prompt_template, p, cfg.system_prompt))["input_ids"] for p in suite.prompts]
+    result = vllm_run(vllm, tmp_path, folder, es.windows, prompts, max_new_tokens=24, max_model_len=es.stats.n_ctx)
+    assert result["loaded"], result["error"]
+    lp = np.asarray(result["token_logprobs"])
+    first = es.stats.n_ctx // 2  # the check scores the second half of each window, as llama-perplexity does
+    ppl = math.exp(-lp[:, first:].mean())
+    assert abs(ppl / report["checks"]["ppl"] - 1) < 0.01, (ppl, report["checks"]["ppl"])
+    replies = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in result["replies"]]
+    assert all(len(r) > 5 for r in replies), replies
