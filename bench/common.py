@@ -80,12 +80,8 @@ def run(cmd: list[str], env: dict[str, str], log_file: Path | None = None, check
 
 
 def process_peak_rss(output: str) -> int | None:
-    """GNU time's peak RSS (bytes) of the last process run() ran.
-
-    For a toolkit process this is the peak since its last stage began, not since start:
-    quantize/measure.py resets the kernel's high-water mark (clear_refs 5) at every stage,
-    and ru_maxrss, which GNU time reads, is that same mark.
-    """
+    """GNU time's peak RSS (bytes) of the last process run() ran: the whole process's real peak
+    (quantize/measure.py samples stages and never resets the kernel's high-water mark)."""
     for line in reversed(output.splitlines()):
         if line.startswith(TIME_MARK):
             return int(line.split()[1]) * 1024

@@ -43,8 +43,11 @@ class BuildOutcome:
 class Builder:
     """Builds variants of one project, sharing the base model and calibration sets across them."""
 
-    def __init__(self, project: Project, out_root: Path, force: bool = False, check: bool = True):
+    def __init__(
+        self, project: Project, out_root: Path, force: bool = False, check: bool = True, preflight: bool = True
+    ):
         self.project, self.out_root, self.force, self.run_checks = project, Path(out_root).resolve(), force, check
+        self.preflight = preflight
         self._checker = None
         self._base: ResolvedBase | None = None
         self._tokenizer = None
@@ -59,7 +62,9 @@ class Builder:
 
     def planner(self) -> Planner:
         if self._planner is None:
-            self._planner = Planner(self.project, self.base.config, self.base.path)
+            import torch
+
+            self._planner = Planner(self.project, self.base.config, self.base.path, gpu=torch.cuda.is_available())
         return self._planner
 
     def tokenizer(self):
@@ -119,6 +124,12 @@ class Builder:
 
     def build_all(self, variants: list[Variant]) -> list[BuildOutcome]:
         self.validate(variants)
+        if self.preflight:
+            from .paths import cache_dir
+            from .plan import preflight
+
+            todo = [v for v in variants if self.force or not self._up_to_date_guess(v)]
+            preflight(self.planner(), todo, self.out_root, cache_dir())
         outcomes = []
         for variant in variants:
             outcome = self.build(variant)
@@ -128,6 +139,11 @@ class Builder:
                 )
             outcomes.append(outcome)
         return outcomes
+
+    def _up_to_date_guess(self, variant: Variant) -> bool:
+        """A finished report exists (its inputs are rechecked by `build`): such variants need no room."""
+        report = read_report(self.out_root / variant.branch)
+        return report is not None and report.status == "passed"
 
     def checker(self):
         if self._checker is None:

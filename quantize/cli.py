@@ -128,7 +128,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     project = load_config(args.config)
     variants = _selected(project, args)
-    builder = Builder(project, Path(args.out), force=args.force, check=not args.no_check)
+    builder = Builder(
+        project, Path(args.out), force=args.force, check=not args.no_check, preflight=not args.no_preflight
+    )
     outcomes = builder.build_all(variants)
     for o in outcomes:
         print(
@@ -250,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="calibrate and quantize variants into OUT/BRANCH")
     _add_variants(p, force_help="rebuild even when inputs are unchanged")
     p.add_argument("--no-check", action="store_true", help="skip the checks (the variant stays unpublishable)")
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="build even when a stage's predicted RAM, VRAM or disk exceeds what the machine has",
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("check", help="perplexity, KLD, memory and smoke chat of built variants, judged by gates")

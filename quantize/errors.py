@@ -47,3 +47,7 @@ class EngineError(QuantizeError):
 
 class DiskFullError(QuantizeError):
     """Not enough free space to write outputs; nothing was moved into place."""
+
+
+class PreflightError(QuantizeError):
+    """A stage's predicted peak (RAM, VRAM or disk) exceeds what this machine has: refused before any work."""

@@ -9,14 +9,15 @@ the matrix implies.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import formats
 from .calibration import load_recipe
 from .config import Project, Variant
 from .errors import EngineError
-from .sizes import param_count
+from .formats import Needs
+from .sizes import model_tensors, param_count
 
 
 @dataclass
@@ -32,6 +33,14 @@ class PlanRow:
     work: str
     runner: str
     notes: list[str] = field(default_factory=list)
+    stages: dict[str, Needs] = field(default_factory=dict)
+
+    @property
+    def peak(self) -> tuple[str, Needs] | None:
+        """The stage with the largest RAM (or, on a GPU, VRAM) need."""
+        if not self.stages:
+            return None
+        return max(self.stages.items(), key=lambda kv: max(kv[1].ram, kv[1].vram))
 
     def as_dict(self) -> dict:
         return {
@@ -48,6 +57,7 @@ class PlanRow:
             "work": self.work,
             "runner": self.runner,
             "notes": self.notes,
+            "stages": {name: asdict(needs) for name, needs in self.stages.items()},
         }
 
 
@@ -64,13 +74,55 @@ def workspace_bytes(config: dict, seq_len: int) -> int:
     return seq_len * config["vocab_size"] * 4 + seq_len * (4 * hidden + 3 * inter) * 2
 
 
+# RSS of a Python process with torch, transformers and gptqmodel imported (bench/memory.py: 0.84 GB),
+# added to every stage's RAM: what the machine must have besides the stage's own buffers.
+PROCESS_RSS = int(0.9e9)
+
+
 class Planner:
     """Predictions for one project's variants, from the base model's config.json."""
 
-    def __init__(self, project: Project, config: dict, model_dir: Path | None = None):
+    def __init__(self, project: Project, config: dict, model_dir: Path | None = None, gpu: bool | None = None):
         self.project, self.config, self.model_dir = project, config, model_dir
         self.params = param_count(config)
+        self.fp16_bytes = 2 * self.params
+        # Cheap and torch-free: plan must stay a config.json read. The builder passes what torch says.
+        self.gpu = (
+            Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+            if gpu is None
+            else gpu
+        )
         self.cache: dict = {}  # per-format shared work (GGUF: one skeleton dry run for every type)
+
+    def layer_bytes(self, bytes_per_param: int) -> int:
+        """One decoder layer's weights at this precision (the streaming stages hold one at a time)."""
+        per_layer = [t.numel for t in model_tensors(self.config) if ".layers.0." in t.name]
+        return bytes_per_param * sum(per_layer)
+
+    def stream_needs(self, rows: int, seq_len: int) -> Needs:
+        """The unquantized model streamed layer by layer (streaming.py) over `rows` x `seq_len` tokens:
+        one layer, the batch's hidden states in and out, the head and one window's logits."""
+        hidden, vocab = self.config["hidden_size"], self.config["vocab_size"]
+        width = 2 if self.gpu else 4  # half precision on a GPU, float32 on a CPU
+        states = 2 * rows * seq_len * hidden * width
+        head = vocab * hidden * width + seq_len * vocab * 4
+        if self.gpu:
+            return Needs(ram=head, vram=self.layer_bytes(width) + states)
+        return Needs(ram=self.layer_bytes(width) + states + head)
+
+    def check_needs(self, file_bytes: int) -> Needs:
+        """The check: the base reference streamed over the eval windows, then the variant loaded and scored."""
+        from .evalset import find_eval, load_eval
+
+        recipe = load_eval(find_eval(self.project.root, self.project.config.evaluation))
+        base = self.stream_needs(recipe.max_windows, recipe.n_ctx)
+        variant = file_bytes + kv_cache_bytes(self.config, recipe.n_ctx) + workspace_bytes(self.config, recipe.n_ctx)
+        if self.gpu:
+            return Needs(ram=base.ram, vram=max(base.vram, variant))
+        return Needs(ram=max(base.ram, variant))
+
+    def stage_needs(self, variant: Variant) -> dict[str, Needs]:
+        return formats.of(variant).stage_needs(self, variant)
 
     def predicted_bytes(self, variant: Variant) -> int | None:
         return formats.of(variant).predict_bytes(self, variant.spec)
@@ -105,6 +157,7 @@ class Planner:
             work.work,
             fmt.runner(variant.spec),
             notes,
+            self.stage_needs(variant),
         )
 
     def rows(self, variants: list[Variant]) -> list[PlanRow]:
@@ -115,8 +168,29 @@ def _gb(value: int | None) -> str:
     return "?" if value is None else f"{value / 1e9:.2f}"
 
 
+def _peak(row: PlanRow) -> str:
+    peak = row.peak
+    if peak is None:
+        return "?"
+    stage, needs = peak
+    if needs.vram > needs.ram:
+        return f"{needs.vram / 1e9:.2f} ({stage}, VRAM)"
+    return f"{(needs.ram + PROCESS_RSS) / 1e9:.2f} ({stage})"
+
+
 def format_table(rows: list[PlanRow], params: int) -> str:
-    header = ("VARIANT", "BRANCH / FILE", "BPW", "SIZE GB", "LOAD GB", "RUN GB", "SEQ", "CLIENTS", "WORK")
+    header = (
+        "VARIANT",
+        "BRANCH / FILE",
+        "BPW",
+        "SIZE GB",
+        "LOAD GB",
+        "RUN GB",
+        "SEQ",
+        "PEAK GB (STAGE)",
+        "CLIENTS",
+        "WORK",
+    )
     lines = [header]
     for r in rows:
         where = formats.of(r.variant).plan_location(r.variant, r.file)
@@ -129,6 +203,7 @@ def format_table(rows: list[PlanRow], params: int) -> str:
                 _gb(r.load_bytes),
                 _gb(r.run_bytes),
                 str(r.seq_len),
+                _peak(r),
                 ", ".join(r.clients),
                 r.work,
             )
@@ -137,9 +212,76 @@ def format_table(rows: list[PlanRow], params: int) -> str:
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
     return (
         f"{text}\n\n{params / 1e9:.2f} B parameters. LOAD = weights in memory (GGUF: file + 2.5 GB, "
-        "as publishers state max RAM); RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ."
+        "as publishers state max RAM); RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ; PEAK = the "
+        "build's largest predicted memory, RAM with the Python process's own 0.9 GB (VRAM on a GPU), and its "
+        "stage (`plan --json` has every stage, with disk), which `build` checks against the machine first."
     )
 
 
 def plan_json(rows: list[PlanRow]) -> str:
     return json.dumps([r.as_dict() for r in rows], indent=2)
+
+
+def preflight(planner: Planner, variants: list[Variant], out_root: Path, cache: Path) -> None:
+    """Refuse, before any work, a build whose predicted peak RAM, VRAM or disk exceeds what this machine has."""
+    import shutil
+
+    from .errors import PreflightError
+
+    available_ram = _available_ram()
+    total_vram = _total_vram() if planner.gpu else None
+    disk = {
+        "out": (out_root, shutil.disk_usage(_existing(out_root)).free),
+        "cache": (cache, shutil.disk_usage(_existing(cache)).free),
+    }
+    need_out = need_cache = 0
+    fix = "lower samples or seq_len for it, free memory or disk, use a larger machine, or pass --no-preflight"
+    for variant in variants:
+        for stage, needs in planner.stage_needs(variant).items():
+            ram = needs.ram + PROCESS_RSS
+            if available_ram is not None and ram > available_ram:
+                raise PreflightError(
+                    f"{variant.name}: stage {stage} needs about {ram / 1e9:.1f} GB of RAM but "
+                    f"{available_ram / 1e9:.1f} GB is available",
+                    fix=fix,
+                )
+            if total_vram is not None and needs.vram > total_vram:
+                raise PreflightError(
+                    f"{variant.name}: stage {stage} needs about {needs.vram / 1e9:.1f} GB of GPU "
+                    f"memory but the GPU has {total_vram / 1e9:.1f} GB",
+                    fix=fix,
+                )
+            need_out += needs.disk_out
+            need_cache = max(need_cache, needs.disk_cache)  # cache entries (the F16 GGUF) are shared
+    for where, need in (("out", need_out), ("cache", need_cache)):
+        folder, free = disk[where]
+        if need > free:
+            raise PreflightError(
+                f"{folder}: the selected variants need about {need / 1e9:.1f} GB there but "
+                f"{free / 1e9:.1f} GB is free on that disk",
+                fix="free space, or move it (--out for outputs, QUANTIZE_CACHE for the cache)",
+            )
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _available_ram() -> int | None:
+    """MemAvailable (what can be allocated without swapping), or None off Linux."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _total_vram() -> int | None:
+    import torch
+
+    return torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None

@@ -167,3 +167,21 @@ def test_leftovers_of_a_killed_swap_are_cleaned_or_restored(tmp_path):
     (tmp_path / f".gguf-q8_0.old-{dead}").mkdir()
     clean_stale_partials(final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gguf-q8_0"]
+
+
+def test_stage_peaks_are_their_own_and_the_process_peak_is_never_reset():
+    """A 300 MB stage then a small one: each reports its own peak; the process high-water mark keeps the big one."""
+    import numpy as np
+
+    from quantize.measure import Stages, process_peak_rss
+
+    stages = Stages()
+    with stages.stage("big"):
+        block = np.ones(300 * 2**20 // 8)
+        del block
+    with stages.stage("small"):
+        small = np.ones(1000)
+        del small
+    big, little = stages.measures["big"].peak_rss_bytes, stages.measures["small"].peak_rss_bytes
+    assert big - little > 250 * 2**20, (big, little)
+    assert process_peak_rss() >= big

@@ -516,3 +516,25 @@ def test_engine_logs_stay_off_stdout(tmp_path, tiny_model):
     )
     assert "gptqmodel" in proc.stderr.lower() or "INFO" in proc.stderr  # the engine did talk
     assert len(proc.stdout.splitlines()) <= 5, proc.stdout[:2000]
+
+
+def test_preflight_refuses_a_build_the_machine_cannot_hold(tmp_path, tiny_model):
+    """A 2M-sample calibration would hold ~2 TB of activations: refused in one line before any work."""
+    cfg = write_config(tmp_path, tiny_model, [{"format": "gptq", "bits": 4, "group_size": 32, "samples": 2_000_000}])
+    proc = run_cli("build", "--config", str(cfg), "--all", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert line.startswith("error: gptq-4bit-32g: stage quantize needs about ") and "GB of RAM but" in line, line
+    assert line.endswith("pass --no-preflight)") and "calibration tiny" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_json_has_every_stage_with_ram_and_disk(tmp_path, tiny_model):
+    cfg = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "Q4_K_M", "imatrix": "tiny"}])
+    row = json.loads(run_cli("plan", "--config", str(cfg), "--json", check=True).stdout)[0]
+    assert list(row["stages"]) == ["convert", "imatrix", "quantize", "check"]
+    assert (
+        row["stages"]["convert"]["disk_cache"] > 2 * 1.7e6
+        and row["stages"]["quantize"]["disk_out"] == (row["predicted_bytes"])
+    )
+    assert all(stage["ram"] > 0 for stage in row["stages"].values())

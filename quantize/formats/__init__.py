@@ -8,7 +8,7 @@ Modules here import their engines lazily, so reading a config or a report costs 
 from __future__ import annotations
 
 from .awq import AWQ
-from .base import BuildJob, EngineResult, Format, PlanWork, Scorer
+from .base import BuildJob, EngineResult, Format, Needs, PlanWork, Scorer
 from .gguf import GGUF
 from .gptq import GPTQ
 
@@ -30,4 +30,4 @@ def of(variant) -> Format:
     return FORMATS[variant.spec.format]
 
 
-__all__ = ["FORMATS", "names_text", "BuildJob", "EngineResult", "Format", "PlanWork", "Scorer", "get", "of"]
+__all__ = ["FORMATS", "names_text", "BuildJob", "EngineResult", "Format", "Needs", "PlanWork", "Scorer", "get", "of"]

@@ -56,6 +56,16 @@ class Scorer(Protocol):
 
 
 @dataclass(frozen=True)
+class Needs:
+    """One stage's predicted peak: RAM, VRAM (when on a GPU) and disk it writes (out/ or the cache)."""
+
+    ram: int = 0
+    vram: int = 0
+    disk_out: int = 0
+    disk_cache: int = 0
+
+
+@dataclass(frozen=True)
 class PlanWork:
     """A variant's plan entry besides its size: the file it writes, the work it implies, its run length."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..card.markdown import Row
 from ..config import QuantizedSpec
@@ -38,11 +38,22 @@ class GPTQSpec(QuantizedSpec):
     damp_percent: float = Field(0.1, gt=0, lt=1)
     sym: bool = True
     true_sequential: bool = True
+    act_group_aware: bool = Field(
+        False,
+        description="gptqmodel's group-aware reordering (GAR): act order within "
+        "and across groups, written without run-time reordering; needs desc_act: false",
+    )
     static_groups: bool = Field(
         True,
         description="act order in the static layout (no run-time reordering); "
         "false writes AutoGPTQ's dynamic layout, which vLLM >= 0.2x refuses",
     )
+
+    @model_validator(mode="after")
+    def _gar_alone(self) -> GPTQSpec:
+        if self.act_group_aware and self.desc_act:
+            raise ValueError("act_group_aware replaces desc_act; set desc_act: false with it")
+        return self
 
     @property
     def dynamic_act_order(self) -> bool:
@@ -103,7 +114,7 @@ def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: P
             "bits": spec.bits,
             "group_size": spec.group_size,
             "desc_act": spec.desc_act,
-            "act_group_aware": False,  # gptqmodel's own reordering; off so desc_act means what AutoGPTQ meant
+            "act_group_aware": spec.act_group_aware,  # gptqmodel's GAR; off unless asked, so desc_act means AutoGPTQ's
             "damp_percent": spec.damp_percent,
             "sym": spec.sym,
             "true_sequential": spec.true_sequential,
@@ -154,6 +165,8 @@ def branch(bits: int, group_size: int, desc_act: bool) -> str:
 
 
 def act_order_cell(spec: GPTQSpec) -> str:
+    if spec.act_group_aware:
+        return "GAR"
     if not spec.desc_act:
         return "False"
     return "True (dynamic)" if spec.dynamic_act_order else "True (static)"
@@ -173,6 +186,8 @@ def _description(spec: GPTQSpec) -> str:
         text += "; act order, static groups (no run-time reordering; `desc_act: false` in the config)"
     elif spec.desc_act:
         text += "; act order"
+    elif spec.act_group_aware:
+        text += "; group-aware act order (GAR, no run-time reordering)"
     if spec.bits == 8:
         text += "; 8-bit is close to the unquantized model at about twice the 4-bit size"
     return text + "."

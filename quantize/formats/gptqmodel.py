@@ -27,7 +27,7 @@ from ..card.markdown import CardInputs, Row, base_ppl, branch_cell, calibration_
 from ..errors import EngineError
 from ..outputs import assert_no_local_paths, write_json
 from ..shapes import check_group_size
-from .base import BuildJob, EngineResult, Format, PlanWork
+from .base import BuildJob, EngineResult, Format, Needs, PlanWork
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,19 @@ class GPTQModelFormat(Format):
         seq_len = variant.spec.seq_len or recipe.seq_len
         samples = variant.spec.samples or recipe.samples
         return PlanWork("model.safetensors", f"{samples} x {seq_len} tokens of {variant.calibration}", seq_len)
+
+    def stage_needs(self, planner, variant) -> dict[str, Needs]:
+        """gptqmodel holds the model in 16-bit (on the CPU, or on the GPU it quantizes with) and every
+        calibration sample's hidden states for the layer it works on (16-bit, twice: inputs and outputs)."""
+        work = self.plan_work(planner, variant)
+        samples = variant.spec.samples or planner.recipe(variant.calibration).samples
+        acts = 2 * 2 * samples * work.seq_len * planner.config["hidden_size"]
+        size = self.predict_bytes(planner, variant.spec) or 0
+        if planner.gpu:
+            quantize = Needs(ram=planner.fp16_bytes, vram=planner.layer_bytes(2) + acts, disk_out=size)
+        else:
+            quantize = Needs(ram=planner.fp16_bytes + acts + planner.layer_bytes(4), disk_out=size)
+        return {"quantize": quantize, "check": planner.check_needs(size)}
 
     def build(self, job: BuildJob) -> EngineResult:
         with job.stages.stage("quantize"):

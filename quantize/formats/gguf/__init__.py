@@ -18,7 +18,7 @@ from ...card.markdown import HUB, CardInputs, Row, base_ppl, chat_prompt, gb, qu
 from ...config import SafeName, Strict
 from ...errors import QuantizeError
 from ...naming import is_safe_name
-from ..base import BuildJob, EngineResult, Format, PlanWork
+from ..base import BuildJob, EngineResult, Format, Needs, PlanWork
 from ..clients import LLAMA_CPP, Support
 
 GGUF_RAM_OVERHEAD = int(2.5e9)  # publishers' "max RAM = file size + 2.5 GB" for llama.cpp on CPU
@@ -189,6 +189,20 @@ class GGUF(Format):
             recipe = planner.recipe(spec.imatrix)
             work += f"; imatrix on {recipe.samples} x {recipe.seq_len} tokens of {spec.imatrix}"
         return PlanWork(file, work, DEFAULT_RUN_SEQ_LEN, load_overhead=GGUF_RAM_OVERHEAD)
+
+    def stage_needs(self, planner, variant) -> dict[str, Needs]:
+        """The converter holds about 0.65x the fp16 model (measured); the imatrix streams one float32 layer
+        (half precision on a GPU) plus the calibration batch's hidden states; llama.cpp quantizes by tensor."""
+        spec = variant.spec
+        f16 = 2 * planner.params
+        size = self.predict_bytes(planner, spec) or 0
+        needs = {"convert": Needs(ram=int(0.7 * planner.fp16_bytes), disk_cache=f16)}
+        if spec.imatrix:
+            recipe = planner.recipe(spec.imatrix)
+            needs["imatrix"] = planner.stream_needs(recipe.samples, recipe.seq_len)
+        needs["quantize"] = Needs(ram=int(0.1 * planner.fp16_bytes), disk_out=size)
+        needs["check"] = planner.check_needs(size)
+        return needs
 
     def plan_location(self, variant, file: str) -> str:
         return file
