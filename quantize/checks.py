@@ -82,6 +82,8 @@ class Checker:
             )
             scores = score(es.windows, scorer.logits, ref, desc=f"score {variant.name}")
             replies = self._smoke(scorer)
+        # score() against a reference always fills the KLD fields
+        assert scores.mean_kld is not None and scores.p99_kld is not None and scores.top1_agreement is not None
         measured = stages.measures["check"]
         memory = Memory(
             peak_rss_bytes=measured.peak_rss_bytes,

@@ -64,9 +64,14 @@ def _selected(project: Project, args: argparse.Namespace):
     from .selection import select
 
     if not args.all and not args.variant:
-        raise QuantizeError("name variants with --variant NAME (see `python -m quantize list`) or pass --all")
+        raise QuantizeError(
+            "no variant selected", fix="name variants with --variant NAME (see `python -m quantize list`) or pass --all"
+        )
     if args.variant and (args.shard or args.filter):
-        raise QuantizeError("--shard and --filter select from --all; do not combine them with --variant")
+        raise QuantizeError(
+            "--variant with --shard or --filter",
+            fix="--shard and --filter select from --all; do not combine them with --variant",
+        )
     return select(project.select(None if args.all else args.variant), args.filter, args.shard)
 
 
@@ -152,6 +157,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = []
     for variant in _selected(project, args):
         report = builder.check(variant)
+        assert report.checks is not None  # Builder.check records the checks (or returns a report that has them)
         print(format_verdicts(variant.name, report.checks))
         if not report.checks.passed:
             failed.append(variant.name)
@@ -192,10 +198,11 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import Publisher
+    from .publish import Publisher, Transport
 
     project = load_config(args.config)
     variants = _selected(project, args)
+    transport: Transport
     if args.git:
         from .git_remote import GitTransport
 

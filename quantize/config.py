@@ -170,6 +170,7 @@ class BaseModelSpec(Strict):
             return self.id.rsplit("/", 1)[-1]
         if self.path:
             return Path(self.path).name
+        assert self.pypi_gguf is not None  # _one_source: no id and no path means pypi_gguf
         return Path(self.pypi_gguf.member).name.split(".")[0]
 
 
@@ -217,6 +218,7 @@ class ProjectConfig(Strict):
         except ValueError as err:
             raise FieldProblem(f"not a valid template: {err}", literal_braces) from None
         for _, name, spec, conversion in fields:
+            assert name is not None  # fields keeps only those with a name
             if name not in ("prompt", "system") or spec or conversion:
                 shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
                 raise FieldProblem(
@@ -242,7 +244,7 @@ class Variant:
     name: str
     branch: str
     spec: Any  # the format's spec model (formats/*)
-    repo: str | None
+    repo: str  # _resolve always names one (the config's or the default OWNER/NAME)
     default: bool
     calibration: str | None
 
@@ -334,9 +336,8 @@ def _combinations(file: Path, where: str, key: str, value: Any) -> list[dict[str
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list"}.get(
-        type(value), f"the {'text' if isinstance(value, str) else 'value'} {reprlib.repr(value)}"
-    )
+    kinds: dict[type, str] = {dict: "a mapping", list: "a list"}
+    return kinds.get(type(value), f"the {'text' if isinstance(value, str) else 'value'} {reprlib.repr(value)}")
 
 
 def _expand(entry: dict[str, Any], file: Path, where: str) -> list[dict[str, Any]]:
@@ -447,7 +448,9 @@ def parse_config(data: Any, file: Path) -> Project:
     variants = _assign_defaults(file, variants)
     loaded: set[str] = set()
     for variant in variants:
-        for recipe in sorted({variant.calibration, getattr(variant.spec, "imatrix", None)} - {None} - loaded):
+        named = (variant.calibration, getattr(variant.spec, "imatrix", None))
+        recipes: set[str] = {r for r in named if r is not None}
+        for recipe in sorted(recipes - loaded):
             try:
                 load_recipe(find_recipe(file.parent, recipe))
             except FileNotFoundError:

@@ -6,6 +6,8 @@ for what went wrong, and a message that says where and how to fix it.
 
 from __future__ import annotations
 
+import os
+
 
 class QuantizeError(Exception):
     """Base class: the message is printed as-is, on one line, and the CLI exits 1."""
@@ -22,7 +24,7 @@ class ConfigError(QuantizeError):
 
     exit_code = 2
 
-    def __init__(self, file: str, field: str, problem: str, fix: str | None = None):
+    def __init__(self, file: str | os.PathLike[str], field: str, problem: str, fix: str | None = None):
         self.file, self.field, self.problem, self.fix = str(file), field, problem, fix
         super().__init__(f"{self.file}: {field}: {problem}", fix)
 
@@ -51,3 +53,22 @@ class DiskFullError(QuantizeError):
 
 class PreflightError(QuantizeError):
     """A stage's predicted peak (RAM, VRAM or disk) exceeds what this machine has: refused before any work."""
+
+
+# -- publishing ------------------------------------------------------------------------------------------------------
+
+
+class PublishRefused(QuantizeError):
+    """The variant is not publishable (not built, not checked, failed its gates, or changed since)."""
+
+
+class PublishError(QuantizeError):
+    """The remote does not hold what was sent, or the hub refused the operation."""
+
+
+class BranchMoved(PublishError):
+    """Another writer committed to the branch between our listing and our commit; nothing was overwritten."""
+
+
+class HubAuthError(PublishError):
+    """The hub rejected the credentials (or there were none)."""

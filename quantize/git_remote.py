@@ -19,8 +19,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .errors import BranchMoved, PublishError
 from .paths import cache_dir
-from .publish import MOVED, BranchMoved, Listing, LocalFile, PublishError, RemoteFile
+from .publish import MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)
 

@@ -16,20 +16,17 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .publish import MOVED, BranchMoved, Listing, LocalFile, PublishError, RemoteFile
+from .errors import BranchMoved, HubAuthError, PublishError
+from .publish import MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TRANSIENT = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 5
-
-
-class HubAuthError(PublishError):
-    """The hub rejected the credentials (or there were none)."""
 
 
 def _status(err: Exception) -> int | None:
@@ -122,7 +119,7 @@ class HubTransport:
         )
         out = {}
         for e in entries:
-            if hasattr(e, "size"):  # RepoFile; folders have no size
+            if isinstance(e, RepoFile):  # folders (RepoFolder) have no size
                 out[e.path] = RemoteFile(
                     path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, oid=e.blob_id
                 )

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from . import formats
 from .card import PLOT_NAME, write_cards
 from .config import Project, Variant
-from .errors import QuantizeError
+from .errors import PublishError, PublishRefused
 from .hashing import file_sha256
 from .outputs import write_json
 from .records import Report, now, read_report
@@ -29,23 +29,11 @@ log = logging.getLogger(__name__)
 KEEP = (".gitattributes",)  # hub-managed files a publish never deletes
 
 
-class PublishError(QuantizeError):
-    """The remote does not hold what was sent, or the hub refused the operation."""
-
-
-class BranchMoved(PublishError):
-    """Another writer committed to the branch between our listing and our commit; nothing was overwritten."""
-
-
 # Why and what to do, after "WHERE: WHAT: ": both transports refuse a commit whose parent is no longer the head.
 MOVED = (
     "the branch moved since it was listed (another writer committed); nothing was overwritten; "
     "fix: re-run publish, which lists the branch again"
 )
-
-
-class PublishRefused(QuantizeError):
-    """The variant is not publishable (not built, not checked, failed its gates, or changed since)."""
 
 
 @dataclass(frozen=True)

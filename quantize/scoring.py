@@ -143,7 +143,8 @@ class HFScorer:
         import torch
 
         with torch.no_grad():
-            out = self.model.generate(
+            # transformers types generate's self as a protocol its own auto-model return type does not match
+            out = self.model.generate(  # type: ignore[misc]
                 torch.tensor([ids], device=self.model.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def param_count(config: dict) -> int:
 
 def safetensors_bytes(entries: list[tuple[str, str, tuple[int, ...], int]]) -> int:
     """Data plus the JSON header safetensors writes: (name, dtype, shape, nbytes) per tensor."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    header: dict[str, dict[str, Any]] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for name, dtype, shape, nbytes in sorted(entries):
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes

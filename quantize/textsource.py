@@ -92,6 +92,7 @@ def _read_hub(source: TextSource) -> list[str]:
     import datasets
 
     hub = source.hub
+    assert hub is not None  # read_documents calls this only for a hub source
     log.info("loading dataset %s/%s split %s", hub.path, hub.name, hub.split)
     try:
         data = datasets.load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision)

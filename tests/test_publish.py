@@ -330,8 +330,9 @@ def test_a_branch_moved_by_another_writer_is_not_overwritten(built, tmp_path):
 
 def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
     from quantize.config import load_config
+    from quantize.errors import BranchMoved
     from quantize.git_remote import GitTransport
-    from quantize.publish import MOVED, BranchMoved, LocalFile, Publisher
+    from quantize.publish import MOVED, LocalFile, Publisher
 
     ours, other = GitTransport(tmp_path / "mirror"), GitTransport(tmp_path / "mirror")
     other.scratch = tmp_path / "other-scratch"

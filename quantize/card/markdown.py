@@ -59,7 +59,9 @@ def vram(r: Row) -> str:
 
 def quality(r: Row) -> list[str]:
     ch = r.report.checks
-    return [num(ch and ch.ppl, ".3f"), num(ch and ch.ppl_delta, "+.3f"), num(ch and ch.mean_kld, ".4f")]
+    if ch is None:
+        return ["-", "-", "-"]
+    return [num(ch.ppl, ".3f"), num(ch.ppl_delta, "+.3f"), num(ch.mean_kld, ".4f")]
 
 
 def branch_cell(c: CardInputs, v: Variant) -> str:

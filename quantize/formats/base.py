@@ -114,6 +114,10 @@ class Format(ABC):
     def plan_work(self, planner: Planner, variant: Variant) -> PlanWork: ...
 
     @abstractmethod
+    def stage_needs(self, planner: Planner, variant: Variant) -> dict[str, Needs]:
+        """Each build stage's predicted peak (RAM, VRAM, disk), by stage name: what preflight checks."""
+
+    @abstractmethod
     def support(self, spec) -> list[Support]:
         """Which clients load this file, as tested (formats/clients.py): the one source for plan and cards."""
 

@@ -117,6 +117,7 @@ def write_general(writer: gguf.GGUFWriter, meta: ModelMeta) -> None:
 
 
 def write_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
+    tokens: list[bytes] | list[str]  # sentencepiece pieces are bytes, BPE tokens text
     if (model_dir / "tokenizer.model").is_file():
         tokens, scores, types = _sentencepiece_vocab(model_dir, vocab_size)
         writer.add_tokenizer_model("llama")
@@ -150,7 +151,7 @@ def _adds_bos_eos(model_dir: Path) -> dict[str, bool]:
     }
 
 
-def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
+def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[gguf.TokenType]]:
     from sentencepiece import SentencePieceProcessor
 
     sp = SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
@@ -180,7 +181,7 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes],
     return tokens, scores, types
 
 
-def _bpe_vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], str]:
+def _bpe_vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[gguf.TokenType], str]:
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     if spec["model"]["type"] != "BPE":
         raise EngineError(f"{model_dir / 'tokenizer.json'}: tokenizer model {spec['model']['type']} is not supported")

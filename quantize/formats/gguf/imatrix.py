@@ -47,7 +47,8 @@ def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndar
 
 
 def save_imatrix(path: Path, matrix: dict[str, np.ndarray]) -> None:
-    np.savez(path, **matrix)
+    # numpy's stub types **kwds against its keyword `allow_pickle: bool` too; the values are arrays
+    np.savez(path, **matrix)  # type: ignore[arg-type]
 
 
 def load_imatrix(path: Path) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -35,7 +36,7 @@ def quantize_file(src: Path, dst: Path, quant_type: str, imatrix: dict[str, np.n
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_type(quant_type)
     params.nthread = os.cpu_count() or 1
-    keep = []  # the C side only borrows these buffers
+    keep: list[Any] = []  # the C side only borrows these buffers
     if imatrix:
         entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
         for i, (name, values) in enumerate(sorted(imatrix.items())):

@@ -52,6 +52,7 @@ def write_skeleton(config: dict, path: Path, header_from: Path | None = None) ->
     layout, data_bytes = [], 0
     for t in model_tensors(config):
         name = names.get_name(t.name, try_suffixes=(".weight",))
+        assert name is not None  # every Llama tensor model_tensors lists is in gguf's Llama map
         qtype = _f16_file_type(t.shape, "F16")
         nbytes = _gguf_nbytes(t.shape, qtype)
         dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
@@ -62,6 +63,7 @@ def write_skeleton(config: dict, path: Path, header_from: Path | None = None) ->
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     fout = writer.fout[0] if isinstance(writer.fout, list) else writer.fout
+    assert fout is not None  # write_header_to_file opened the file
     data_start = gguf.GGUFWriter.ggml_pad(fout.tell(), writer.data_alignment)
     writer.close()
     os.truncate(path, data_start + data_bytes)
