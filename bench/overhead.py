@@ -64,13 +64,13 @@ def prepare(work: Path, cache: Path, warm_gptq: bool) -> dict:
             bench_env(cache),
         )
     os.environ["QUANTIZE_CACHE"] = str(cache)
-    from quantize.build import Builder
     from quantize.config import load_config
+    from quantize.context import RunContext
     from quantize.formats.gguf import model_meta
     from quantize.formats.gguf.build import f16_gguf
 
     project = load_config(CONFIG)
-    builder = Builder(project, work / "toolkit-out")
+    builder = RunContext(project, work / "toolkit-out")
     gptq = project.variant(GPTQ_VARIANT)
     tokens = work / "calibration.npy"
     np.save(tokens, builder.calibration(gptq).input_ids)  # a cache hit: the array the toolkit fed gptqmodel

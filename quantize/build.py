@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, formats
-from .basemodel import ResolvedBase, resolve_base
-from .calibration import CalibrationSet, calibration_set, load_recipe
-from .config import Project, Variant
-from .errors import EngineError, QuantizeError
+from .basemodel import ResolvedBase
+from .calibration import CalibrationSet
+from .checks import Checker, run_check
+from .config import Variant
+from .context import RunContext
+from .errors import EngineError
 from .formats import BuildJob, EngineResult
 from .hashing import sha256_json, short
 from .measure import Stages
 from .outputs import list_files, model_bytes
 from .paths import clean_stale_partials, require_free_space, staged_folder
-from .plan import Planner
 from .progress import engine_output_to_stderr
 from .records import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 
@@ -41,38 +42,16 @@ class BuildOutcome:
 
 
 class Builder:
-    """Builds variants of one project, sharing the base model and calibration sets across them."""
+    """The quantize stage: builds variants of one run (`RunContext`), resumably, then hands them to the checks."""
 
-    def __init__(
-        self, project: Project, out_root: Path, force: bool = False, check: bool = True, preflight: bool = True
-    ):
-        self.project, self.out_root, self.force, self.run_checks = project, Path(out_root).resolve(), force, check
-        self.preflight = preflight
-        self._checker = None
-        self._base: ResolvedBase | None = None
-        self._tokenizer = None
-        self._calibration: dict[tuple, CalibrationSet] = {}
-        self._planner: Planner | None = None
+    def __init__(self, ctx: RunContext, check: bool = True, preflight: bool = True):
+        self.ctx, self.run_checks, self.preflight = ctx, check, preflight
+        self.project, self.out_root, self.force = ctx.project, ctx.out_root, ctx.force
+        self._checker: Checker | None = None
 
     @property
     def base(self) -> ResolvedBase:
-        if self._base is None:
-            self._base = resolve_base(self.project)
-        return self._base
-
-    def planner(self) -> Planner:
-        if self._planner is None:
-            import torch
-
-            self._planner = Planner(self.project, self.base.config, self.base.path, gpu=torch.cuda.is_available())
-        return self._planner
-
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.base.path)
-        return self._tokenizer
+        return self.ctx.base
 
     def validate(self, variants: list[Variant]) -> None:
         """What config.json and the weights' headers can refuse, for all variants, before any work."""
@@ -82,18 +61,6 @@ class Builder:
             formats.of(variant).validate(
                 variant.spec, config, self.base.path / "config.json", str(self.project.path), variant.name
             )
-
-    def calibration(self, variant: Variant) -> CalibrationSet | None:
-        """The variant's calibration tokens (GPTQ/AWQ: its recipe; GGUF: its imatrix recipe), shared across variants."""
-        name = variant.calibration
-        if name is None:
-            return None
-        overrides = formats.of(variant).calibration_overrides(variant.spec)
-        key = (name, *overrides)
-        if key not in self._calibration:
-            recipe = load_recipe(self.project.recipe_path(name)).with_overrides(*overrides)
-            self._calibration[key] = calibration_set(recipe, self.tokenizer(), self.base.tokenizer_hash)
-        return self._calibration[key]
 
     def inputs(self, variant: Variant, calib: CalibrationSet | None) -> Inputs:
         fmt = formats.of(variant)
@@ -113,7 +80,7 @@ class Builder:
 
     def _predicted_bytes(self, variant: Variant) -> int | None:
         try:
-            return self.planner().predicted_bytes(variant)
+            return self.ctx.planner().predicted_bytes(variant)
         except EngineError as err:  # a prediction must never fail a finished build
             log.warning("%s: no size prediction: %s", variant.name, err)
             return None
@@ -129,14 +96,15 @@ class Builder:
             from .plan import preflight
 
             todo = [v for v in variants if self.force or not self._up_to_date_guess(v)]
-            preflight(self.planner(), todo, self.out_root, cache_dir())
+            preflight(self.ctx.planner(), todo, self.out_root, cache_dir())
         outcomes = []
         for variant in variants:
             outcome = self.build(variant)
             if self.run_checks:
-                outcome = BuildOutcome(
-                    outcome.variant, outcome.folder, outcome.status, self.check(variant, outcome.report)
-                )
+                if self._checker is None:
+                    self._checker = Checker(self.ctx)
+                checked = run_check(self._checker, variant, outcome.report)
+                outcome = BuildOutcome(outcome.variant, outcome.folder, outcome.status, checked)
             outcomes.append(outcome)
         return outcomes
 
@@ -145,37 +113,13 @@ class Builder:
         report = read_report(self.out_root / variant.branch)
         return report is not None and report.status == "passed"
 
-    def checker(self):
-        if self._checker is None:
-            from .checks import Checker
-
-            self._checker = Checker(self)
-        return self._checker
-
-    def check(self, variant: Variant, report: Report | None = None) -> Report:
-        """Run the checks on a built variant, record them in its report.json, and return the report."""
-        folder = self.out_root / variant.branch
-        report = report or read_report(folder)
-        if report is None:
-            raise QuantizeError(
-                f"{folder}: no report.json; build the variant first (python -m quantize build --variant {variant.name})"
-            )
-        checker = self.checker()
-        if report.checks is not None and report.checks.eval.hash == checker.evalset().stats.hash and not self.force:
-            log.info("%s: already checked on this eval set (%s)", variant.name, report.status)
-            return report
-        result = checker.check(variant, folder)
-        report = report.model_copy(update={"checks": result, "status": "passed" if result.passed else "failed"})
-        report.write(folder)
-        return report
-
     def build(self, variant: Variant) -> BuildOutcome:
         folder = self.out_root / variant.branch
         for leftover in clean_stale_partials(folder):
             log.info("%s: removed %s left by an interrupted build", variant.name, leftover.name)
         stages = Stages()
         with stages.stage("calibrate"):
-            calib = self.calibration(variant)
+            calib = self.ctx.calibration(variant)
         inputs = self.inputs(variant, calib)
         inputs_hash = sha256_json(inputs.model_dump(mode="json"))
         previous = read_report(folder)

@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from . import formats
+from .config import Variant
+from .context import RunContext
+from .errors import QuantizeError
 from .evalset import eval_set, find_eval
 from .gates import judge, load_gates
 from .hashing import sha256_json, short
 from .measure import Stages
 from .paths import cache_dir, compute_once
-from .records import CheckReport, Memory, Reply
+from .records import CheckReport, Memory, Reply, Report, read_report
 from .scoring import Reference, Scores, reference, score
 from .smoke import load_suite, render, reply_problems, template_problem
 from .streaming import LayerStream
@@ -28,11 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class Checker:
-    """Runs the checks of one project; shares the eval set and base reference across variants."""
+    """Runs the checks of one run (`RunContext`); shares the eval set and base reference across variants."""
 
-    def __init__(self, builder):
-        self.builder = builder
-        self.project = builder.project
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.project = ctx.project
         root = self.project.root
         cfg = self.project.config
         self.eval_path = find_eval(root, cfg.evaluation)
@@ -43,19 +46,19 @@ class Checker:
 
     def evalset(self):
         if self._evalset is None:
-            self._evalset = eval_set(self.eval_path, self.builder.tokenizer(), self.builder.base.tokenizer_hash)
+            self._evalset = eval_set(self.eval_path, self.ctx.tokenizer(), self.ctx.base.tokenizer_hash)
         return self._evalset
 
     def base_reference(self) -> tuple[Scores, Reference]:
         if self._base is None:
             es = self.evalset()
-            key = short(sha256_json({"base": self.builder.base.hash, "eval": es.stats.hash}))
+            key = short(sha256_json({"base": self.ctx.base.hash, "eval": es.stats.hash}))
             ref_file = cache_dir() / "reference" / f"{key}.npz"
 
             def make(tmp: Path) -> None:
                 log.info("base log-probs: scoring the base model on %d windows of %d", *es.windows.shape)
                 # layer by layer (float32 on a CPU, half precision on a GPU): a 7B model never whole in memory
-                reference(es.windows, LayerStream(self.builder.base.path).logits_fn(es.windows)).save(tmp)
+                reference(es.windows, LayerStream(self.ctx.base.path).logits_fn(es.windows)).save(tmp)
 
             if not compute_once(ref_file, make):
                 log.info("base log-probs: cache hit %s", key)
@@ -74,9 +77,9 @@ class Checker:
         with stages.stage("check"):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            scorer = fmt.load(folder, variant, es.stats.n_ctx, self.builder.base.config)
+            scorer = fmt.load(folder, variant, es.stats.n_ctx, self.ctx.base.config)
             load_cuda = torch.cuda.max_memory_allocated() if cuda and scorer.model is not None else None
-            row = self.builder.planner().row(variant)
+            row = self.ctx.planner().row(variant)
             forward_cuda = (
                 self._cuda_forward_peak(scorer.model, es.windows, row.seq_len) if load_cuda is not None else None
             )
@@ -95,7 +98,7 @@ class Checker:
             max_ram_required_bytes=row.load_bytes if fmt.max_ram_is_load else None,
         )
         problem = template_problem(
-            self.project.config.prompt_template, self.project.config.system_prompt, self.builder.tokenizer()
+            self.project.config.prompt_template, self.project.config.system_prompt, self.ctx.tokenizer()
         )
         smoke_problems = [f"{r.prompt!r}: {p}" for r in replies for p in r.problems]
         peak = memory.peak_cuda_bytes if memory.peak_cuda_bytes is not None else memory.peak_rss_bytes
@@ -138,7 +141,7 @@ class Checker:
 
     def _smoke(self, scorer) -> list[Reply]:
         """Greedy replies to the suite's prompts, from the same token ids for every format."""
-        tokenizer = self.builder.tokenizer()
+        tokenizer = self.ctx.tokenizer()
         cfg = self.project.config
         replies = []
         for prompt in self.smoke.prompts:
@@ -157,6 +160,26 @@ class Checker:
                 Reply(prompt=prompt.prompt, reply=reply, problems=reply_problems(reply, new, cfg.prompt_template))
             )
         return replies
+
+
+def run_check(checker: Checker, variant: Variant, report: Report | None = None) -> Report:
+    """The check stage's entry point: check a built variant, record the result in its report.json, return it.
+
+    Skipped when the report already holds checks on this eval set (unless the run forces)."""
+    folder = checker.ctx.folder(variant)
+    report = report or read_report(folder)
+    if report is None:
+        raise QuantizeError(
+            f"{folder}: no report.json",
+            fix=f"build the variant first: python -m quantize build --variant {variant.name}",
+        )
+    if report.checks is not None and report.checks.eval.hash == checker.evalset().stats.hash and not checker.ctx.force:
+        log.info("%s: already checked on this eval set (%s)", variant.name, report.status)
+        return report
+    result = checker.check(variant, folder)
+    report = report.model_copy(update={"checks": result, "status": "passed" if result.passed else "failed"})
+    report.write(folder)
+    return report
 
 
 def format_verdicts(name: str, report: CheckReport) -> str:

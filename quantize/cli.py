@@ -130,13 +130,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import Builder
+    from .context import RunContext
 
     project = load_config(args.config)
     variants = _selected(project, args)
-    builder = Builder(
-        project, Path(args.out), force=args.force, check=not args.no_check, preflight=not args.no_preflight
-    )
-    outcomes = builder.build_all(variants)
+    ctx = RunContext(project, Path(args.out), force=args.force)
+    outcomes = Builder(ctx, check=not args.no_check, preflight=not args.no_preflight).build_all(variants)
     for o in outcomes:
         print(
             f"{o.variant.name:24s} {o.status:11s} {o.report.total_bytes / 1e6:9.1f} MB  {o.report.status:7s} {o.folder}"
@@ -149,15 +148,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .build import Builder
-    from .checks import format_verdicts
+    from .checks import Checker, format_verdicts, run_check
+    from .context import RunContext
 
     project = load_config(args.config)
-    builder = Builder(project, Path(args.out), force=args.force)
+    checker = Checker(RunContext(project, Path(args.out), force=args.force))
     failed = []
     for variant in _selected(project, args):
-        report = builder.check(variant)
-        assert report.checks is not None  # Builder.check records the checks (or returns a report that has them)
+        report = run_check(checker, variant)
+        assert report.checks is not None  # run_check records the checks (or returns a report that has them)
         print(format_verdicts(variant.name, report.checks))
         if not report.checks.passed:
             failed.append(variant.name)

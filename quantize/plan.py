@@ -257,10 +257,14 @@ def preflight(planner: Planner, variants: list[Variant], out_root: Path, cache: 
         folder, free = disk[where]
         if need > free:
             raise PreflightError(
-                f"{folder}: the selected variants need about {need / 1e9:.1f} GB there but "
-                f"{free / 1e9:.1f} GB is free on that disk",
+                f"{folder}: the selected variants need about {_size(need)} there but "
+                f"{_size(free)} is free on that disk",
                 fix="free space, or move it (--out for outputs, QUANTIZE_CACHE for the cache)",
             )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _existing(path: Path) -> Path:

@@ -72,16 +72,18 @@ def test_two_shards_share_one_cold_cache_and_one_out(tmp_path, tiny_model):
 
 
 def test_full_cache_disk_is_one_line_naming_that_disk(tmp_path, tiny_model):
-    """1 MB of cache: tokens fit, the 3.4 MB F16 GGUF does not; the message names the cache file, not --out."""
+    """1 MB of cache: the preflight refuses it; forced past it, tokens fit and the 3.4 MB F16 GGUF hits ENOSPC
+    mid-write. Either way one line names the cache, not --out."""
     config = write_config(tmp_path, tiny_model, VARIANTS[:1])
     cache = tmp_path / "small-cache"
+    args = ["build", "--config", str(config), "--out", str(tmp_path / "out"), "--all"]
+    proc = cli(*args, cache=cache, cwd=tmp_path, prefix=on_small_disk(cache, "1m"))
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-2].startswith(f"error: {cache}: the selected variants need about 3.")
     proc = cli(
-        "build",
-        "--config",
-        str(config),
-        "--out",
-        str(tmp_path / "out"),
-        "--all",
+        *args,
+        "--no-preflight",
         cache=cache,
         cwd=tmp_path,
         prefix=on_small_disk(cache, "1m"),
@@ -98,27 +100,23 @@ def test_full_cache_disk_is_one_line_naming_that_disk(tmp_path, tiny_model):
 
 
 def test_small_out_disk_is_refused_before_building(tmp_path, tiny_model):
-    """--out on 3 MB: refused before any work, naming that disk (not the cache's, which has room)."""
+    """--out on 3 MB: refused before any work, naming that disk (not the cache's, which has room): by the
+    preflight, and without it by the per-variant free-space check."""
     config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "F16"}])
     out = tmp_path / "small-out"
-    proc = cli(
-        "build",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-        "--all",
-        "--no-check",
-        cache=tmp_path / "cache",
-        cwd=tmp_path,
-        prefix=on_small_disk(out, "3m"),
-    )
-    stdout, stderr = proc.communicate(timeout=600)
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
-    assert lines[0].startswith(f"error: {out}: variant gguf-f16 needs about 0.07 GB but only 0.00 GB is free"), lines[0]
-    assert "on that disk" in lines[0] and "--out" in lines[0]
-    assert left(stderr) == []
+    expected = {
+        (): f"error: {out}: the selected variants need about 3.",
+        ("--no-preflight",): (f"error: {out}: variant gguf-f16 needs about 0.07 GB but only 0.00 GB is free"),
+    }
+    for extra, start in expected.items():
+        args = ["build", "--config", str(config), "--out", str(out), "--all", "--no-check", *extra]
+        proc = cli(*args, cache=tmp_path / "cache", cwd=tmp_path, prefix=on_small_disk(out, "3m"))
+        stdout, stderr = proc.communicate(timeout=600)
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+        assert lines[0].startswith(start), lines[0]
+        assert "on that disk" in lines[0] and "--out" in lines[0]
+        assert left(stderr) == []
 
 
 def test_publish_reads_the_bytes_not_the_digest_memo(tmp_path, tiny_model):
