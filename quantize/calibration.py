@@ -56,7 +56,6 @@ class LoadedRecipe:
 class CalibrationSet:
     input_ids: np.ndarray  # [samples, seq_len] int64
     stats: CalibrationStats
-    cached: bool
 
 
 def load_recipe(path: Path) -> LoadedRecipe:
@@ -94,7 +93,7 @@ def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> Cal
     hit = load_tokens("calibration", key, CalibrationStats)
     if hit is not None:
         log.info("calibration %s: cache hit %s", loaded.name, short(key))
-        return CalibrationSet(hit[0], hit[1], cached=True)
+        return CalibrationSet(hit[0], hit[1])
 
     log.info("calibration %s: tokenizing %d documents from %s", loaded.name, len(docs), where)
     ids = tokenize_documents(docs, recipe.join, tokenizer, desc=f"tokenize {loaded.name}")
@@ -119,7 +118,7 @@ def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> Cal
         seed=recipe.seed,
     )
     store_tokens("calibration", key, input_ids, stats)
-    return CalibrationSet(input_ids, stats, cached=False)
+    return CalibrationSet(input_ids, stats)
 
 
 def load_tokens(kind: str, key: str, stats_type: type[StatsT]) -> tuple[np.ndarray, StatsT] | None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import formats
+from . import formats, shapes
 from .calibration import load_recipe
 from .config import Project, Variant
 from .errors import EngineError
@@ -63,7 +63,7 @@ class PlanRow:
 
 def kv_cache_bytes(config: dict, seq_len: int) -> int:
     heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    head_dim = shapes.head_dim(config)
     kv = config.get("num_key_value_heads") or heads
     return 2 * config["num_hidden_layers"] * kv * head_dim * seq_len * 2  # K and V, fp16
 

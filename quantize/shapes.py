@@ -12,14 +12,18 @@ from .errors import ConfigError
 CANDIDATE_GROUPS = (32, 64, 128, 256)
 
 
+def head_dim(config: dict) -> int:
+    """Per-head width: `head_dim` when config.json gives it (Mistral does), else hidden / heads."""
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
 def linear_input_widths(config: dict) -> dict[str, int]:
     """Input width of every quantized linear kind of a Llama/Mistral-style decoder layer."""
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
     return {
         "self_attn.q_proj/k_proj/v_proj": hidden,
-        "self_attn.o_proj": heads * head_dim,
+        "self_attn.o_proj": heads * head_dim(config),
         "mlp.gate_proj/up_proj": hidden,
         "mlp.down_proj": config["intermediate_size"],
     }

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import shapes
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -31,7 +33,7 @@ def model_tensors(config: dict) -> list[Tensor]:
     hidden, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     heads = config["num_attention_heads"]
     kv = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
+    head_dim = shapes.head_dim(config)
     out = [Tensor("model.embed_tokens.weight", (vocab, hidden)), Tensor("model.norm.weight", (hidden,))]
     if not config.get("tie_word_embeddings"):
         out.append(Tensor("lm_head.weight", (vocab, hidden)))

@@ -156,3 +156,8 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
     if check and proc.returncode != 0:
         raise AssertionError(f"quantize {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def llama_tokens(llm, text: str) -> list[int]:
+    """llama.cpp's own tokenization of `text` (no BOS, special tokens as text), for parity tests with HF."""
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

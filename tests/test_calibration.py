@@ -30,17 +30,28 @@ def recipe_file(tmp_path, name="r", **fields):
     return path
 
 
-def test_cache_miss_then_hit_then_miss_on_change(tmp_path, tokenizer, tiny_model):
+def test_cache_miss_then_hit_then_miss_on_change(tmp_path, tokenizer, tiny_model, caplog):
+    """A hit is what the run logs and reads back; a changed seed or tokenizer is a new entry."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="quantize.calibration")
+
+    def build(**fields):
+        caplog.clear()
+        made = calibration_set(load_recipe(recipe_file(tmp_path, **fields)), tokenizer, tok_hash)
+        return made, "cache hit" in caplog.text
+
     tok_hash = tree_sha256(tiny_model, ["tokenizer.json", "tokenizer_config.json"])
-    first = calibration_set(load_recipe(recipe_file(tmp_path)), tokenizer, tok_hash)
-    assert not first.cached and first.input_ids.shape == (4, 64)
-    again = calibration_set(load_recipe(recipe_file(tmp_path)), tokenizer, tok_hash)
-    assert again.cached and np.array_equal(again.input_ids, first.input_ids)
+    first, hit = build()
+    assert not hit and first.input_ids.shape == (4, 64)
+    again, hit = build()
+    assert hit and np.array_equal(again.input_ids, first.input_ids)
     assert again.stats == first.stats
-    reseeded = calibration_set(load_recipe(recipe_file(tmp_path, seed=1)), tokenizer, tok_hash)
-    assert not reseeded.cached and not np.array_equal(reseeded.input_ids, first.input_ids)
+    reseeded, hit = build(seed=1)
+    assert not hit and not np.array_equal(reseeded.input_ids, first.input_ids)
+    caplog.clear()
     other_tokenizer = calibration_set(load_recipe(recipe_file(tmp_path)), tokenizer, "another-tokenizer")
-    assert not other_tokenizer.cached and other_tokenizer.stats.hash != first.stats.hash
+    assert "cache hit" not in caplog.text and other_tokenizer.stats.hash != first.stats.hash
     stats = first.stats
     assert stats.documents > 9000 and stats.tokens > 1_000_000 and stats.samples == 4
     # The windows are real text: decoding them gives words, not noise.

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_config
+from conftest import llama_tokens, run_cli, write_config
 
 from quantize.formats.gguf.convert import ModelMeta, convert
-from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
+from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, load_gguf
 
 TYPES = [
     "Q2_K",
@@ -90,7 +90,7 @@ def test_tokenizer_parity(f16):
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     llm = load_gguf(path, n_ctx=64)
     for text in TRICKY:
-        assert gguf_tokenize(llm, text) == encode(text), text
+        assert llama_tokens(llm, text) == encode(text), text
 
 
 def test_metadata(f16):

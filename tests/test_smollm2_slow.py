@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, llama_tokens, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
     from quantize.basemodel import resolve_base
     from quantize.config import load_config
     from quantize.formats.gguf.convert import ModelMeta, convert
-    from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, gguf_tokenize, load_gguf
+    from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, load_gguf
 
     base = resolve_base(load_config(CONFIG))
     path = tmp_path / "smollm2.F16.gguf"
@@ -107,7 +107,7 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     llm = load_gguf(path, n_ctx=256)
     for text in TRICKY:
-        assert gguf_tokenize(llm, text) == tokenizer(text, add_special_tokens=False)["input_ids"], text
+        assert llama_tokens(llm, text) == tokenizer(text, add_special_tokens=False)["input_ids"], text
 
     ids = tokenizer("The Eiffel Tower is a wrought-iron lattice tower in", add_special_tokens=False)["input_ids"]
     with torch.no_grad():

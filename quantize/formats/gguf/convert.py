@@ -17,6 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from ... import shapes
 from ...basemodel import SUPPORTED_ARCHITECTURES
 from ...errors import EngineError
 from ...progress import bar
@@ -77,7 +78,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str, meta: ModelMeta) -> N
 
 def write_hparams(writer: gguf.GGUFWriter, config: dict, file_type: gguf.LlamaFileType) -> None:
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
+    head_dim = shapes.head_dim(config)
     rope = config.get("rope_parameters") or {}
     if (rope.get("rope_type") or "default") != "default" or config.get("rope_scaling"):
         raise EngineError(

@@ -35,10 +35,6 @@ def gguf_logits(llm, ids: np.ndarray) -> np.ndarray:
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
-def gguf_tokenize(llm, text: str) -> list[int]:
-    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-
-
 def gguf_greedy(llm, ids: list[int], max_new_tokens: int, stop: int | None = None) -> list[int]:
     llm.reset()
     out = []
