@@ -22,7 +22,7 @@ from pathlib import Path
 from common import CONFIG, WORK, base_fp16_bytes, bench_env, log, read_reports, table, write_result
 
 FLOOR_SCRIPT = """
-import quantize.build, quantize.checks, torch, transformers, gptqmodel, llama_cpp
+import quantize.build, quantize.checks.checker, torch, transformers, gptqmodel, llama_cpp
 for line in open('/proc/self/status'):
     if line.startswith('VmHWM:'):
         print(int(line.split()[1]) * 1024)

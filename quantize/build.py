@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__, formats
 from .basemodel import ResolvedBase
 from .calibration import CalibrationSet
-from .checks import Checker, run_check
+from .checks.checker import Checker, run_check
 from .config import Variant
 from .context import RunContext
 from .errors import EngineError

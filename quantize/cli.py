@@ -148,7 +148,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import Checker, format_verdicts, run_check
+    from .checks.checker import Checker, format_verdicts, run_check
     from .context import RunContext
 
     project = load_config(args.config)
@@ -197,17 +197,17 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import Publisher, Transport
+    from .hub.publish import Publisher, Transport
 
     project = load_config(args.config)
     variants = _selected(project, args)
     transport: Transport
     if args.git:
-        from .git_remote import GitTransport
+        from .hub.git import GitTransport
 
         transport = GitTransport(args.git)
     else:
-        from .hub_api import HubTransport
+        from .hub.http import HubTransport
 
         transport = HubTransport(args.endpoint)
     records = Publisher(project, Path(args.out), transport).publish_all(variants, args.only_passed)
@@ -223,7 +223,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .mirror_server import serve_forever
+    from .hub.mirror import serve_forever
 
     return serve_forever(Path(args.mirror), args.host, args.port)
 

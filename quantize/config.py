@@ -433,9 +433,9 @@ def parse_config(data: Any, file: Path) -> Project:
             variants.append(_resolve(spec, cfg))
 
     from .calibration import load_recipe
-    from .evalset import load_eval
-    from .gates import load_gates
-    from .smoke import load_suite
+    from .checks.evalset import load_eval
+    from .checks.gates import load_gates
+    from .checks.smoke import load_suite
 
     # The eval files and recipes are read now, not after an hour of quantization.
     for field, load in (("evaluation", load_eval), ("smoke", load_suite), ("gates", load_gates)):

@@ -112,7 +112,7 @@ class Planner:
 
     def check_needs(self, file_bytes: int) -> Needs:
         """The check: the base reference streamed over the eval windows, then the variant loaded and scored."""
-        from .evalset import find_eval, load_eval
+        from .checks.evalset import find_eval, load_eval
 
         recipe = load_eval(find_eval(self.project.root, self.project.config.evaluation))
         base = self.stream_needs(recipe.max_windows, recipe.n_ctx)

@@ -20,8 +20,8 @@ import torch
 from conftest import ROOT, run_cli, write_config
 
 from quantize import formats
+from quantize.checks.scoring import HFScorer
 from quantize.config import load_config
-from quantize.scoring import HFScorer
 
 pytestmark = pytest.mark.clients
 
@@ -142,9 +142,9 @@ def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
     from transformers import AutoTokenizer
 
     from quantize.basemodel import TOKENIZER_FILES
-    from quantize.evalset import eval_set, find_eval
+    from quantize.checks.evalset import eval_set, find_eval
+    from quantize.checks.smoke import load_suite, render
     from quantize.hashing import tree_sha256
-    from quantize.smoke import load_suite, render
 
     project = load_config(ROOT / "examples" / "smollm2.yaml")
     tokenizer = AutoTokenizer.from_pretrained(folder)  # the published copy of the base tokenizer

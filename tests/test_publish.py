@@ -260,7 +260,7 @@ def test_a_file_changed_after_its_check_is_refused(built, tmp_path):
 
 
 def test_git_publish_to_a_mirror_served_by_olah(built, tmp_path):
-    from quantize.mirror_server import running
+    from quantize.hub.mirror import running
 
     mirror = tmp_path / "mirror"
     proc = publish(built, "--all", "--git", str(mirror))
@@ -317,7 +317,7 @@ def test_a_remote_that_does_not_hold_what_was_sent_fails_loudly(built, tmp_path)
 
 
 def test_a_branch_moved_by_another_writer_is_not_overwritten(built, tmp_path):
-    from quantize.publish import MOVED
+    from quantize.hub.publish import MOVED
 
     with serve(tmp_path / "hub", TOKEN) as hub:  # after our listing, before our commit, someone else commits
         hub.before_next["commit"] = lambda: hub.write(REPO_GGUF, "gguf-q8_0", {"notes.md": b"another writer"})
@@ -331,8 +331,8 @@ def test_a_branch_moved_by_another_writer_is_not_overwritten(built, tmp_path):
 def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
     from quantize.config import load_config
     from quantize.errors import BranchMoved
-    from quantize.git_remote import GitTransport
-    from quantize.publish import MOVED, LocalFile, Publisher
+    from quantize.hub.git import GitTransport
+    from quantize.hub.publish import MOVED, LocalFile, Publisher
 
     ours, other = GitTransport(tmp_path / "mirror"), GitTransport(tmp_path / "mirror")
     other.scratch = tmp_path / "other-scratch"

@@ -56,7 +56,7 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
     )
     from huggingface_hub import snapshot_download
 
-    from quantize.mirror_server import running
+    from quantize.hub.mirror import running
 
     with running(mirror) as url:
         got = Path(

@@ -74,7 +74,7 @@ class GPTQModelFormat(Format):
     def load(self, folder: Path, variant, n_ctx: int, base_config: dict):
         import torch
 
-        from ..scoring import HFScorer, default_device
+        from ..checks.scoring import HFScorer, default_device
 
         device = default_device()
         # float16 matmuls are ~40x slower than bfloat16 on a CPU (38 s vs 0.8 s for a 512-token forward of 4-bit

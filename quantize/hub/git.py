@@ -19,8 +19,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import BranchMoved, PublishError
-from .paths import cache_dir
+from ..errors import BranchMoved, PublishError
+from ..paths import cache_dir
 from .publish import MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)

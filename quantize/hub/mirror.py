@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import QuantizeError
+from ..errors import QuantizeError
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from . import formats
-from .card import PLOT_NAME, write_cards
-from .config import Project, Variant
-from .errors import PublishError, PublishRefused
-from .hashing import file_sha256
-from .outputs import write_json
-from .records import Report, now, read_report
+from .. import formats
+from ..card import PLOT_NAME, write_cards
+from ..config import Project, Variant
+from ..errors import PublishError, PublishRefused
+from ..hashing import file_sha256
+from ..outputs import write_json
+from ..records import Report, now, read_report
 
 log = logging.getLogger(__name__)
 

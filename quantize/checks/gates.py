@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import RootModel, model_validator
 
-from .config import FieldProblem, Strict, load_yaml
-from .records import Verdict
+from ..config import FieldProblem, Strict, load_yaml
+from ..records import Verdict
 
 
 class Gate(Strict):
@@ -23,7 +23,7 @@ class Gates(RootModel[dict[str, Gate]]):
 
     @model_validator(mode="after")
     def _known_formats(self) -> Gates:
-        from . import formats
+        from .. import formats
 
         unknown = sorted(set(self.root) - set(formats.FORMATS))
         if unknown:

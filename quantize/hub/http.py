@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .errors import BranchMoved, HubAuthError, PublishError
+from ..errors import BranchMoved, HubAuthError, PublishError
 from .publish import MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import re
 
 from pydantic import Field
 
-from .config import Strict, load_yaml
+from ..config import Strict, load_yaml
 
 MARKER = re.compile(r"<\|[^|>]{1,32}\|>|\[/?INST\]")
 

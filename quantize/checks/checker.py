@@ -13,19 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import formats
-from .config import Variant
-from .context import RunContext
-from .errors import QuantizeError
+from .. import formats
+from ..config import Variant
+from ..context import RunContext
+from ..errors import QuantizeError
+from ..hashing import sha256_json, short
+from ..measure import Stages
+from ..paths import cache_dir, compute_once
+from ..records import CheckReport, Memory, Reply, Report, read_report
+from ..streaming import LayerStream
 from .evalset import eval_set, find_eval
 from .gates import judge, load_gates
-from .hashing import sha256_json, short
-from .measure import Stages
-from .paths import cache_dir, compute_once
-from .records import CheckReport, Memory, Reply, Report, read_report
 from .scoring import Reference, Scores, reference, score
 from .smoke import load_suite, render, reply_problems, template_problem
-from .streaming import LayerStream
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The check stage: eval sets, scoring (ppl, KLD), smoke chat, gates, and the checker that records them."""
