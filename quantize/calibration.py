@@ -47,6 +47,9 @@ class LoadedRecipe:
     path: Path
     recipe: Recipe
 
+    def documents(self) -> tuple[list[str], str]:
+        return collect_text(self.recipe.source, self.recipe.min_chars, self.path)
+
     def with_overrides(self, samples: int | None, seq_len: int | None) -> LoadedRecipe:
         update = {k: v for k, v in {"samples": samples, "seq_len": seq_len}.items() if v is not None}
         return LoadedRecipe(self.name, self.path, self.recipe.model_copy(update=update))
@@ -62,13 +65,13 @@ def load_recipe(path: Path) -> LoadedRecipe:
     return LoadedRecipe(Path(path).stem, Path(path), load_yaml(path, "calibration recipe", Recipe))
 
 
-def collect_text(loaded: LoadedRecipe) -> tuple[list[str], str]:
-    """The recipe's documents after the length filter, and where they came from."""
-    recipe = loaded.recipe
-    docs, where = read_documents(recipe.source, loaded.path.parent)
-    docs = [d for d in docs if len(d.strip()) >= max(recipe.min_chars, 1)]
+def collect_text(source: TextSource, min_chars: int, file: Path) -> tuple[list[str], str]:
+    """The documents of a text source (a calibration recipe's or an eval suite's, declared in `file`)
+    after the length filter, and where they came from: the one text step both token pipelines share."""
+    docs, where = read_documents(source, file.parent)
+    docs = [d for d in docs if len(d.strip()) >= max(min_chars, 1)]
     if not docs:
-        raise CalibrationError(f"{loaded.path}: no documents left after min_chars={recipe.min_chars} from {where}")
+        raise CalibrationError(f"{file}: no documents left after min_chars={min_chars} from {where}")
     return docs, where
 
 
@@ -87,7 +90,7 @@ def tokenize_documents(docs: list[str], join: str, tokenizer, desc: str = "token
 def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> CalibrationSet:
     """Cached token windows for this recipe and tokenizer; builds them on a miss."""
     recipe = loaded.recipe
-    docs, where = collect_text(loaded)
+    docs, where = loaded.documents()
     text_hash = sha256_bytes(recipe.join.join(docs).encode("utf-8"))
     key = sha256_json({"recipe": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash, "text": text_hash})
     hit = load_tokens("calibration", key, CalibrationStats)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import WIKI
 
-from quantize.calibration import calibration_set, collect_text, load_recipe
+from quantize.calibration import calibration_set, load_recipe
 from quantize.errors import CalibrationError
 from quantize.hashing import tree_sha256
 
@@ -80,7 +80,7 @@ def test_local_file_sources(tmp_path, suffix, wiki_texts):
     else:
         pq.write_table(pa.table({"body": docs}), data)
     path = recipe_file(tmp_path, source={"files": [data.name], "text_field": "body"})
-    got, where = collect_text(load_recipe(path))
+    got, where = load_recipe(path).documents()
     assert [g.strip() for g in got] == [d.replace("\n\n", "\n").strip() for d in docs]
     assert data.name in where
 
@@ -91,8 +91,8 @@ def test_holdout_parts_are_disjoint_and_complete(tmp_path):
         path = recipe_file(
             tmp_path, name=part, source={"pypi": WIKI, "text_field": "extract", "holdout": {"every": 10, "part": part}}
         )
-        parts[part], _ = collect_text(load_recipe(path))
-    everything, _ = collect_text(load_recipe(recipe_file(tmp_path)))
+        parts[part], _ = load_recipe(path).documents()
+    everything, _ = load_recipe(recipe_file(tmp_path)).documents()
     assert not set(parts["calibration"]) & set(parts["heldout"])
     assert len(parts["calibration"]) + len(parts["heldout"]) == len(everything)
     assert 0.09 < len(parts["heldout"]) / len(everything) < 0.11
@@ -104,7 +104,7 @@ def test_unreachable_hub_dataset_points_to_local_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     path = recipe_file(tmp_path, source={"hub": {"path": "wikitext", "name": "wikitext-2-raw-v1"}})
     with pytest.raises(CalibrationError) as info:
-        collect_text(load_recipe(path))
+        load_recipe(path).documents()
     assert "local:" in str(info.value)
 
 
@@ -115,7 +115,7 @@ def test_hub_recipe_uses_local_copy_when_present(tmp_path, wiki_texts):
     recipe = yaml.safe_load((__import__("conftest").ROOT / "calibration" / "wikitext2.yaml").read_text())
     path = tmp_path / "wikitext2.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    docs, where = collect_text(load_recipe(path))
+    docs, where = load_recipe(path).documents()
     assert docs == wiki_texts[:20] and where.startswith("local copy of wikitext")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from .. import resources
-from ..calibration import LoadedRecipe, Recipe, collect_text, load_tokens, store_tokens, tokenize_documents
+from ..calibration import collect_text, load_tokens, store_tokens, tokenize_documents
 from ..config import Strict, load_yaml
 from ..errors import CalibrationError, ConfigError
 from ..hashing import sha256_bytes, sha256_json
@@ -55,10 +55,7 @@ def load_eval(path: Path) -> EvalRecipe:
 
 def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:
     recipe = load_eval(path)
-    as_calibration = LoadedRecipe(
-        path.stem, path, Recipe(source=recipe.source, join=recipe.join, min_chars=recipe.min_chars)
-    )
-    docs, where = collect_text(as_calibration)
+    docs, where = collect_text(recipe.source, recipe.min_chars, path)
     key = sha256_json(
         {
             "eval": recipe.model_dump(mode="json"),
