@@ -62,13 +62,15 @@ def test_kld_grows_from_8_bit_to_4_bit(built):
     assert r["gguf-f16"]["mean_kld"] < r["gguf-q8_0"]["mean_kld"] < r["gguf-q4_k_m"]["mean_kld"]
     assert r["gguf-q8_0"]["top1_agreement"] > r["gguf-q4_k_m"]["top1_agreement"]
     for c in r.values():
-        assert c["p99_kld"] >= c["mean_kld"] and c["memory"]["peak_rss_bytes"] > 0
+        # A process with torch and the model loaded holds hundreds of MB and, for this 2-layer model, not GBs.
+        assert c["p99_kld"] >= c["mean_kld"] and 3e8 < c["memory"]["peak_rss_bytes"] < 4e9
 
 
 def test_gguf_rows_carry_max_ram_required(built):
     memory = built["reports"]["gguf-q4_k_m"]["checks"]["memory"]
     size = built["reports"]["gguf-q4_k_m"]["files"][0]["size"]
-    assert memory["max_ram_required_bytes"] == pytest.approx(size + 2.5e9, abs=100)
+    # The card's claim must never be below what loading and scoring the file really took here.
+    assert memory["max_ram_required_bytes"] > max(size, memory["peak_rss_bytes"])
 
 
 def test_a_failed_gate_blocks(built, tmp_path):

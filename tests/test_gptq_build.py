@@ -183,7 +183,8 @@ def test_report_records_inputs_versions_timings_and_files(built):
     assert report["status"] == "passed" and report["variant"]["branch"] == folder.name
     checks = report["checks"]
     assert (
-        checks["passed"] and checks["ppl"] > 1 and checks["base_ppl"] > 1 and checks["eval"]["scored_tokens"] == 4 * 63
+        # A random 2-layer model on a 1024-token vocabulary scores close to the vocabulary size.
+        checks["passed"] and 500 < checks["base_ppl"] < 2000 and checks["eval"]["scored_tokens"] == 4 * 63
     )
     assert [v["gate"] for v in checks["verdicts"]] == [
         "max_ppl_ratio",

@@ -90,7 +90,8 @@ def test_plan_of_a_7b_is_fast_complete_and_matches_published_sizes(zephyr_config
     # RUN = weights + KV cache (2 x 32 layers x 8 heads x 128 x 4096 x 2 bytes = 0.54 GB) + workspace.
     assert main.run_bytes - main.load_bytes > 0.5e9
     q4 = by_name["gguf-q4_k_m"]
-    assert q4.load_bytes == q4.bytes + 2_500_000_000 and q4.runner == "cpu"
+    # TheBloke/zephyr-7B-beta-GGUF states "Max RAM required 6.87 GB" for Q4_K_M: the plan lands on the published figure.
+    assert q4.load_bytes / 1e9 == pytest.approx(6.87, abs=0.03) and q4.runner == "cpu"
 
 
 def test_plan_cli_prints_the_table(zephyr_config):
