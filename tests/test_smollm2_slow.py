@@ -116,3 +116,26 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
     assert np.abs(got - ref).max() / np.abs(ref).max() < 0.02
     hf_next = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :].tolist()
     assert gguf_greedy(llm, ids, 12) == hf_next
+
+
+def test_streamed_imatrix_and_base_reference_equal_the_whole_float32_model_on_smollm2(wiki_texts):
+    """SmolLM2 (tied embeddings, 30 layers): the layer stream gives the whole-model float32 results."""
+    from test_streaming import whole_model_imatrix
+    from transformers import AutoTokenizer
+
+    from quantize.basemodel import resolve_base
+    from quantize.checks.scoring import hf_logits_fn, reference
+    from quantize.config import load_config
+    from quantize.formats.gguf.imatrix import compute_imatrix
+    from quantize.streaming import LayerStream
+
+    base = resolve_base(load_config(CONFIG))
+    ids = AutoTokenizer.from_pretrained(base.path)(" ".join(wiki_texts[:300]))["input_ids"]
+    windows = np.asarray(ids[: 4 * 256], dtype=np.int64).reshape(4, 256)
+    streamed, whole = compute_imatrix(base.path, windows), whole_model_imatrix(base.path, windows)
+    assert sorted(streamed) == sorted(whole) and "output.weight" not in streamed  # tied: no separate output
+    worst = max(float(np.abs(streamed[n] - whole[n]).max() / np.abs(whole[n]).max()) for n in whole)
+    assert worst < 1e-3, worst
+    a = reference(windows, LayerStream(base.path).logits_fn(windows)).scores().ppl
+    b = reference(windows, hf_logits_fn(base.path, dtype=torch.float32)).scores().ppl
+    assert a == pytest.approx(b, rel=1e-3), (a, b)

@@ -27,8 +27,9 @@ def whole_model_imatrix(folder, ids) -> dict[str, np.ndarray]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
     sums, counts, hooks = {}, {}, []
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     for module_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) and not (tied and module_name == "lm_head"):
             name = names.get_name(f"{module_name}.weight", try_suffixes=(".weight",))
 
             def hook(_m, args, name=name):
