@@ -43,9 +43,9 @@ class RunContext:
 
     def planner(self) -> Planner:
         if self._planner is None:
-            import torch
+            from .devices import has_cuda
 
-            self._planner = Planner(self.project, self.base.config, self.base.path, gpu=torch.cuda.is_available())
+            self._planner = Planner(self.project, self.base.config, self.base.path, gpu=has_cuda())
         return self._planner
 
     def folder(self, variant: Variant) -> Path:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import formats, shapes
+from . import formats, shapes, tables
 from .calibration import load_recipe
 from .config import Project, Variant
 from .errors import EngineError
@@ -208,8 +208,7 @@ def format_table(rows: list[PlanRow], params: int) -> str:
                 r.work,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    text = tables.aligned(lines)
     return (
         f"{text}\n\n{params / 1e9:.2f} B parameters. LOAD = weights in memory (GGUF: file + 2.5 GB, "
         "as publishers state max RAM); RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ; PEAK = the "

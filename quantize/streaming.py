@@ -29,9 +29,12 @@ def default_device() -> tuple[str, object]:
     """CUDA in the checkpoint's half precision when present; else the CPU in float32 (exact, and bf16-free)."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return "cpu", torch.float32
+    from .devices import compute_device
+
+    device = compute_device()
+    if device != "cpu":
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, torch.float32
 
 
 class LayerStream:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import formats
+from .. import formats, tables
 from ..config import Project
 from ..outputs import model_bytes, write_json
 from ..records import read_report
@@ -43,14 +43,11 @@ class Table:
         return lines + [self._cells(r) for r in self.rows]
 
     def text(self) -> str:
-        lines = self._all()
-        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+        return tables.aligned(self._all())
 
     def markdown(self) -> str:
-        lines = self._all()
-        out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
-        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines[1:]])
+        head, *rows = self._all()
+        return tables.markdown(head, rows)
 
 
 def collect(project: Project, out_root: Path) -> Table:

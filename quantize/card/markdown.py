@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import tables
 from ..config import Project, Variant
 from ..outputs import model_bytes
 from ..records import Report
@@ -78,8 +79,7 @@ def calibration_cells(r: Report) -> tuple[str, str]:
 
 def table(head: list[str], base: list[str] | None, rows: list[list[str]]) -> str:
     """A Markdown table; `base` (the unquantized model's row) goes first when there is one."""
-    lines = [head, ["---"] * len(head)] + ([base] if base else []) + rows
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    return tables.markdown(head, ([base] if base else []) + rows)
 
 
 def base_ppl(c: CardInputs) -> float | None:

@@ -16,6 +16,7 @@ import numpy as np
 from .. import formats
 from ..config import Variant
 from ..context import RunContext
+from ..devices import has_cuda
 from ..errors import QuantizeError
 from ..hashing import sha256_json, short
 from ..measure import Stages
@@ -72,7 +73,7 @@ class Checker:
         base_scores, ref = self.base_reference()
         es = self.evalset()
         stages = Stages()
-        cuda = torch.cuda.is_available()
+        cuda = has_cuda()
         fmt = formats.of(variant)
         with stages.stage("check"):
             if cuda:

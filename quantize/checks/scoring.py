@@ -113,12 +113,6 @@ def score(windows: np.ndarray, logits_fn: LogitsFn, ref: Reference | None = None
     return out
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class HFScorer:
     """A transformers checkpoint (unquantized, GPTQ or AWQ) as the checks use it."""
 

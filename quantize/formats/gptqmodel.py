@@ -24,6 +24,7 @@ import numpy as np
 
 from ..basemodel import TOKENIZER_FILES
 from ..card.markdown import CardInputs, Row, base_ppl, branch_cell, calibration_cells, gb, quality, table, vram
+from ..devices import compute_device
 from ..errors import EngineError
 from ..outputs import assert_no_local_paths, write_json
 from ..shapes import check_group_size
@@ -74,9 +75,9 @@ class GPTQModelFormat(Format):
     def load(self, folder: Path, variant, n_ctx: int, base_config: dict):
         import torch
 
-        from ..checks.scoring import HFScorer, default_device
+        from ..checks.scoring import HFScorer
 
-        device = default_device()
+        device = compute_device()
         # float16 matmuls are ~40x slower than bfloat16 on a CPU (38 s vs 0.8 s for a 512-token forward of 4-bit
         # SmolLM2): checks on a CPU compute in bfloat16, GPUs in the file's float16.
         dtype = torch.bfloat16 if device == "cpu" else None
@@ -240,12 +241,6 @@ def prepare_engine_env() -> None:
     """gptqmodel 7.7 fails at load on small machines unless its CPU pool size is given."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
-
-
-def compute_device() -> str:
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarray, out: Path) -> EngineResult:
