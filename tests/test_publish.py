@@ -41,6 +41,7 @@ def built(tmp_path_factory, tiny_model):
     config = write_config(work, tiny_model, variants)
     out = work / "out"
     run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
+    run_cli("card", "--config", str(config), "--out", str(out), cwd=work, check=True)  # publish sends these as written
     return {"work": work, "config": config, "out": out, "base": tiny_model}
 
 
@@ -371,3 +372,23 @@ def test_offline_mode_fails_at_once_with_how_to_fix(built):
         "fix: unset HF_HUB_OFFLINE (or publish to a local mirror with --git ROOT)"
     )
     assert "retrying" not in proc.stderr
+
+
+def test_publish_sends_the_card_card_wrote_and_refuses_without_one(built, tmp_path):
+    """publish never writes cards: without one (or with one that does not list the variant) nothing is sent."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built["out"], out)
+    card = out / "cards" / "tester__tiny-mistral-GGUF" / "README.md"
+    card.write_text(card.read_text().replace("gguf-q8_0", "gguf-q8_x"))
+    args = ["publish", "--config", str(built["config"]), "--out", str(out), "--variant", "gguf-q8_0"]
+    proc = run_cli(*args, "--git", str(tmp_path / "mirror"))
+    assert (
+        proc.returncode == 1 and "gguf-q8_0: tester/tiny-mistral-GGUF has a card that does not list it" in proc.stderr
+    )
+    shutil.rmtree(out / "cards")
+    proc = run_cli(*args, "--git", str(tmp_path / "mirror"))
+    assert proc.returncode == 1 and "tester/tiny-mistral-GGUF has no card" in proc.stderr
+    assert "(fix: write the cards first: python -m quantize card" in proc.stderr
+    assert not (tmp_path / "mirror").exists() and not (out / "cards").exists()

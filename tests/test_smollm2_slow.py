@@ -40,7 +40,8 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
         sum(f["size"] for f in report["files"] if f["path"].endswith(".safetensors")), rel=0.02
     )
 
-    # The rest of the README's first command: publish to the local mirror, then download it back by branch.
+    # The rest of the README's first command: card, publish to the local mirror, then download it back by branch.
+    run_cli("card", "--config", str(CONFIG), "--out", str(out), check=True)
     mirror = out.parent / "hub"
     run_cli(
         "publish",

@@ -17,7 +17,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from .. import formats
-from ..card import PLOT_NAME, write_cards
+from ..card import PLOT_NAME, card_dir
 from ..config import Project, Variant
 from ..errors import PublishError, PublishRefused
 from ..hashing import file_sha256
@@ -194,12 +194,21 @@ def _local_files(folder: Path, report: Report, card: Path) -> list[LocalFile]:
 class Publisher:
     def __init__(self, project: Project, out_root: Path, transport: Transport):
         self.project, self.out_root, self.transport = project, Path(out_root), transport
-        self._cards: dict[str, Path] | None = None
 
-    def cards(self) -> dict[str, Path]:
-        if self._cards is None:
-            self._cards = write_cards(self.project, self.out_root)
-        return self._cards
+    def card(self, variant: Variant) -> Path:
+        """The card folder `card` wrote for the variant's repo; publish sends it as it is, never rewrites it.
+
+        A missing card, or one that does not list the variant (written before it passed), is refused."""
+        folder = card_dir(self.out_root, variant.repo)
+        readme = folder / "README.md"
+        if not readme.is_file() or f"{variant.branch}" not in readme.read_text(encoding="utf-8"):
+            state = "has no card" if not readme.is_file() else "has a card that does not list it"
+            raise PublishRefused(
+                f"{variant.name}: {variant.repo} {state} in {folder}",
+                fix=f"write the cards first: python -m quantize card --config {self.project.path} "
+                f"--out {self.out_root}",
+            )
+        return folder
 
     def publish_all(self, variants: list[Variant], only_passed: bool = False) -> list[PublishRecord]:
         """Check every variant before sending anything: one that is not publishable stops the run,
@@ -208,6 +217,7 @@ class Publisher:
         for v in variants:
             try:
                 reports[v.name] = publishable(v, self.out_root / v.branch)
+                self.card(v)
             except PublishRefused as err:
                 if not only_passed:
                     raise
@@ -219,7 +229,7 @@ class Publisher:
     def publish(self, variant: Variant, report: Report) -> PublishRecord:
         """Send one variant whose `report` `publishable` has accepted, with its repo's card."""
         folder = self.out_root / variant.branch
-        files = _local_files(folder, report, self.cards()[variant.repo])
+        files = _local_files(folder, report, self.card(variant))
         path = self.out_root / "published" / f"{variant.branch}.json"
         last = _last_commits(path, self.transport)
         message = f"{variant.name}: {report.inputs_hash[:12]}"
