@@ -141,14 +141,14 @@ def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
     report = json.loads(report_file.read_text())
     from transformers import AutoTokenizer
 
-    from quantize.basemodel import TOKENIZER_FILES
+    from quantize.basemodel import resolve_base
     from quantize.checks.evalset import eval_set, find_eval
     from quantize.checks.smoke import load_suite, render
-    from quantize.hashing import tree_sha256
 
     project = load_config(ROOT / "examples" / "smollm2.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(folder)  # the published copy of the base tokenizer
-    es = eval_set(find_eval(project.root, project.config.evaluation), tokenizer, tree_sha256(folder, TOKENIZER_FILES))
+    base = resolve_base(project)  # the checks' own tokenizer and key: the very windows the report was scored on
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    es = eval_set(find_eval(project.root, project.config.evaluation), tokenizer, base.tokenizer_hash)
     assert es.stats.hash == report["checks"]["eval"]["hash"]
     suite = load_suite(find_eval(project.root, project.config.smoke))
     cfg = project.config
