@@ -27,7 +27,7 @@ MATRIX = [
     "gptq-4bit-64g",
     "gptq-8bit-32g",
     "gptq-8bit-64g",
-    "gguf-q4_0",
+    "gguf-q5_k_m",
     "gguf-q4_k_m",
     "gguf-q6_k",
     "gguf-q8_0",
