@@ -318,20 +318,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except QuantizeError as err:
-        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, whatever the input held
-        return err.exit_code
+        return _fail(err)
     except KeyboardInterrupt:
         print("error: interrupted; nothing half-written was kept, re-run to resume", file=sys.stderr)
         return 130
-    except Exception as err:  # an engine's own error wrapping ENOSPC: still one line, naming the disk
-        from .paths import free_bytes, is_disk_full
+    except Exception as err:  # an engine's own error wrapping ENOSPC: the same one line as any disk-full error
+        from .paths import raise_if_disk_full
 
-        if not is_disk_full(err):
-            raise
-        where = getattr(err, "filename", None) or os.environ.get("QUANTIZE_CACHE") or "."
-        print(
-            f"error: {where}: disk full ({free_bytes(Path(where)) / 1e9:.2f} GB free on that disk) "
-            "(fix: free space, or move outputs with --out and the cache with QUANTIZE_CACHE)",
-            file=sys.stderr,
-        )
-        return 1
+        try:
+            raise_if_disk_full(err, Path(os.environ.get("QUANTIZE_CACHE") or "."))
+        except QuantizeError as full:
+            return _fail(full)
+        raise
+
+
+def _fail(err: QuantizeError) -> int:
+    print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, whatever the input held
+    return err.exit_code
