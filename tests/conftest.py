@@ -102,7 +102,7 @@ def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
 
 TINY_GATES = {  # a random 2-layer model: loose limits, smoke replies recorded, not judged
     fmt: {"max_ppl_ratio": 2.0, "max_mean_kld": 1.0, "min_top1": 0.3, "smoke": "report"}
-    for fmt in ("gptq", "awq", "gguf")
+    for fmt in ("gptq", "awq", "gguf", "mlx")
 }
 
 

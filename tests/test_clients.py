@@ -1,4 +1,5 @@
-"""Clients tier (`pytest -m clients`): every layout the toolkit writes, loaded by vLLM's CPU build.
+"""Clients tier (`pytest -m clients`): every layout the toolkit writes, loaded by vLLM's CPU build (and the MLX
+files, fetched from the local hub by huggingface_hub, run by mlx-lm's own CLI).
 
 For each file the compatibility table (formats/clients.py) says loads in vLLM, vLLM's
 perplexity on the same token ids is within 1% of transformers' and its per-token
@@ -161,3 +162,41 @@ def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
     assert abs(ppl / report["checks"]["ppl"] - 1) < 0.01, (ppl, report["checks"]["ppl"])
     replies = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in result["replies"]]
     assert all(len(r) > 5 for r in replies), replies
+
+
+def test_mlx_lm_runs_the_branches_a_plain_hub_client_downloads(tiny_model, tmp_path):
+    """MLX files published to the local hub, fetched by huggingface_hub by branch, then run by mlx-lm's own CLI
+    in a fresh process (the command the card gives): the bytes are the report's and mlx-lm generates from them."""
+    import sys
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    from quantize.hub.mirror import running
+
+    gates = {"mlx": {"max_ppl_ratio": 2.0, "max_mean_kld": 1.0, "smoke": "report"}}
+    variants = [{"format": "mlx", "bits": 4, "default": True}, {"format": "mlx", "recipe": "mixed_3_6"}]
+    config = write_config(tmp_path, tiny_model, variants, gates=gates)
+    out, mirror = tmp_path / "out", tmp_path / "hub"
+    run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=tmp_path, check=True)
+    run_cli("card", "--config", str(config), "--out", str(out), check=True)
+    run_cli("publish", "--config", str(config), "--out", str(out), "--all", "--git", str(mirror), check=True)
+    with running(mirror) as url:
+        for branch in ("main", "mlx-mixed_3_6"):
+            got = Path(
+                snapshot_download(
+                    "tester/tiny-mistral-MLX", revision=branch, endpoint=url, cache_dir=tmp_path / "dl" / branch
+                )
+            )
+            built = out / ("mlx-4bit" if branch == "main" else branch)
+            report = json.loads((built / "report.json").read_text())
+            for f in report["files"]:
+                assert (got / f["path"]).read_bytes() == (built / f["path"]).read_bytes(), f["path"]
+            proc = subprocess.run(
+                [sys.executable, "-m", "mlx_lm", "generate", "--model", str(got), "--prompt", "Paris is", "-m", "8"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert "Generation:" in proc.stdout and "tokens-per-sec" in proc.stdout, proc.stdout

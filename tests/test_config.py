@@ -50,8 +50,11 @@ def test_zephyr_matrix_matches_thebloke_branches():
     assert all(v.params()["damp_percent"] == 0.1 and v.params()["desc_act"] for v in gptq)
     assert all(v.calibration == "wikitext2" for v in gptq)
     assert project.variant("gptq-8bit").branch == "gptq-8bit--1g-actorder_True"
-    assert {v.format for v in project.variants} == {"gptq", "awq", "gguf"}
+    assert {v.format for v in project.variants} == {"gptq", "awq", "gguf", "mlx"}
     assert project.variant("gguf-q4_k_m").repo.endswith("-GGUF")
+    mlx = {v.branch: v for v in project.variants if v.format == "mlx"}
+    assert set(mlx) == {"mlx-4bit", "mlx-8bit", "mlx-mixed_3_6"} and mlx["mlx-4bit"].default
+    assert mlx["mlx-4bit"].repo == "your-hub-user/zephyr-7B-beta-MLX"
 
 
 def test_variant_lookup_by_short_or_branch_name():
@@ -100,7 +103,7 @@ def test_matrix_include_exclude(tmp_path):
         (base_doc(variants=[{"format": "gptq", "group_size": 48}]), "variants[0].group_size", "power of two"),
         (base_doc(variants=[{"format": "gptq", "group_size": 0}]), "variants[0].group_size", "-1"),
         (base_doc(variants=[{"format": "gguf", "quant_type": "Q4_K_X"}]), "variants[0].quant_type", "Q4_K_M"),
-        (base_doc(variants=[{"format": "exl2"}]), "variants[0].format", "gptq, awq or gguf"),
+        (base_doc(variants=[{"format": "exl2"}]), "variants[0].format", "gptq, awq, gguf or mlx"),
         (base_doc(base_model=None), "base_model", "base_model: {id"),
         ({k: v for k, v in base_doc().items() if k != "base_model"}, "base_model", "required"),
         (base_doc(base_model={"revision": "main"}), "base_model", "give `id`"),

@@ -285,7 +285,7 @@ def test_prompt_template_with_unknown_placeholders(work, template, problem):
             "{}",
             "(top level)",
             "no format has gates",
-            "set limits under gptq, awq or gguf, e.g. `gguf: {max_ppl_ratio: 1.2}`",
+            "set limits under gptq, awq, gguf or mlx, e.g. `gguf: {max_ppl_ratio: 1.2}`",
         ),
         (
             "eval/tiny-gates.yaml",

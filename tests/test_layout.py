@@ -31,7 +31,8 @@ def test_config_records_and_cards_import_no_engine():
     """Reading a config, a report or writing a card must not pull in torch or an engine."""
     code = (
         "import sys; import quantize.config, quantize.records, quantize.card, quantize.hub.publish, quantize.plan; "
-        "print(sorted(m for m in ('torch', 'gptqmodel', 'llama_cpp', 'transformers') if m in sys.modules))"
+        "engines = ('torch', 'gptqmodel', 'llama_cpp', 'transformers', 'mlx', 'mlx_lm'); "
+        "print(sorted(m for m in engines if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"

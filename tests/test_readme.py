@@ -21,6 +21,7 @@ CASES = [  # (what the row is, the spec as variants.yaml would give it)
     ("GPTQ 8-bit", {"format": "gptq", "bits": 8, "group_size": 128}),
     ("AWQ 4-bit GEMM", {"format": "awq", "bits": 4, "group_size": 128}),
     ("GGUF, every type", {"format": "gguf", "quant_type": "Q4_K_M"}),
+    ("MLX, every mode and recipe", {"format": "mlx", "bits": 4}),
 ]
 
 

