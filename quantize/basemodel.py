@@ -53,9 +53,6 @@ class ResolvedBase:
     def tokenizer_hash(self) -> str:
         return tree_sha256(self.path, TOKENIZER_FILES)
 
-    def weights_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.glob("*.safetensors"))
-
     def check_weights(self) -> None:
         """Every safetensors file opens and its header matches its size: a truncated or garbage download
         is refused now, in one line, not after calibration has run."""

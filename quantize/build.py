@@ -86,8 +86,10 @@ class Builder:
             return None
 
     def _needed_bytes(self, variant: Variant) -> int:
-        bits = getattr(variant.spec, "bits", 16)
-        return int(self.base.weights_bytes() * (bits / 16 + 0.15)) + (64 << 20)
+        """What the variant writes under the output root: the preflight's own disk figure (plan's stage needs),
+        checked again just before the build because earlier variants of the run used some of it."""
+        needs = self.ctx.planner().stage_needs(variant)
+        return sum(n.disk_out for n in needs.values()) + (64 << 20)
 
     def build_all(self, variants: list[Variant]) -> list[BuildOutcome]:
         self.validate(variants)

@@ -23,6 +23,7 @@ from ..clients import LLAMA_CPP, Support
 
 GGUF_RAM_OVERHEAD = int(2.5e9)  # publishers' "max RAM = file size + 2.5 GB" for llama.cpp on CPU
 DEFAULT_RUN_SEQ_LEN = 4096
+SHARD_LIMIT = int(5e9)  # the largest safetensors shard the hub's writers make (transformers' default max_shard_size)
 
 # What each llama.cpp type is for, in one line; nominal bits as people quote them.
 GGUF_USE = {
@@ -191,12 +192,14 @@ class GGUF(Format):
         return PlanWork(file, work, DEFAULT_RUN_SEQ_LEN, load_overhead=GGUF_RAM_OVERHEAD)
 
     def stage_needs(self, planner, variant) -> dict[str, Needs]:
-        """The converter holds about 0.65x the fp16 model (measured); the imatrix streams one float32 layer
-        (half precision on a GPU) plus the calibration batch's hidden states; llama.cpp quantizes by tensor."""
+        """The converter maps one shard at a time (hub shards are at most 5 GB) and holds one tensor in float32
+        and 16-bit; the imatrix streams one float32 layer (half precision on a GPU) plus the calibration batch's
+        hidden states; llama.cpp quantizes by tensor."""
         spec = variant.spec
         f16 = 2 * planner.params
         size = self.predict_bytes(planner, spec) or 0
-        needs = {"convert": Needs(ram=int(0.7 * planner.fp16_bytes), disk_cache=f16)}
+        largest = planner.config["vocab_size"] * planner.config["hidden_size"]
+        needs = {"convert": Needs(ram=min(planner.fp16_bytes, SHARD_LIMIT) + 6 * largest, disk_cache=f16)}
         if spec.imatrix:
             recipe = planner.recipe(spec.imatrix)
             needs["imatrix"] = planner.stream_needs(recipe.samples, recipe.seq_len)
