@@ -142,7 +142,7 @@ def test_streamed_imatrix_and_base_reference_equal_the_whole_float32_model_on_sm
     assert a == pytest.approx(b, rel=1e-3), (a, b)
 
 
-def test_mlx_4bit_and_8bit_on_the_same_tokens(tmp_path):
+def test_mlx_4bit_mixed_and_8bit_on_the_same_tokens(tmp_path):
     """MLX through mlx-lm on the real model. mlx's CPU kernels run ~50 s per 512-token window on 2 cores,
     so this scores the first 4 of the default's 16 held-out windows (the README's table has all 16)."""
     import yaml
@@ -157,7 +157,7 @@ def test_mlx_4bit_and_8bit_on_the_same_tokens(tmp_path):
     config.write_text(yaml.safe_dump(project, sort_keys=False))
     out = tmp_path / "out"
     run_cli("build", "--config", str(config), "--out", str(out), "--all", check=True)
-    reports = {n: json.loads((out / n / "report.json").read_text()) for n in ("mlx-4bit-32g", "mlx-8bit")}
+    reports = {n: json.loads((out / n / "report.json").read_text()) for n in ("mlx-mixed_4_6-32g", "mlx-8bit")}
     for name, r in reports.items():
         c = r["checks"]
         print(
@@ -168,6 +168,6 @@ def test_mlx_4bit_and_8bit_on_the_same_tokens(tmp_path):
         assert r["status"] == "passed" and c["template_problem"] is None
         weights = sum(f["size"] for f in r["files"] if f["path"].endswith(".safetensors"))
         assert r["predicted_bytes"] == pytest.approx(weights, rel=0.01)
-    c4, c8 = reports["mlx-4bit-32g"]["checks"], reports["mlx-8bit"]["checks"]
+    c4, c8 = reports["mlx-mixed_4_6-32g"]["checks"], reports["mlx-8bit"]["checks"]
     assert c8["mean_kld"] < 0.02 < c4["mean_kld"] < 0.4 and c8["top1_agreement"] > 0.9
     assert "Paris" in c8["replies"][0]["reply"]
