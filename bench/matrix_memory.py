@@ -90,7 +90,7 @@ def main() -> None:
     cols = [
         ("variant", "VARIANT", ""),
         ("single_peak_gb", "SINGLE PROCESS PEAK GB", ".3f"),
-        ("in_matrix_stage_peak_gb", "ITS STAGE PEAK IN THE MATRIX GB", ".3f"),
+        ("in_matrix_stage_peak_gb", "ITS BUILD-STAGE PEAK IN THE MATRIX GB", ".3f"),
         ("single_s", "SINGLE S", ".0f"),
     ]
     print(table(rows, cols))
