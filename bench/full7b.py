@@ -26,7 +26,6 @@ Needs about 50 GB of free disk (shards 14.5 GB, F16 GGUF 14.5 GB, outputs 16 GB)
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -50,7 +49,7 @@ from common import table as text_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sim7b import ZEPHYR, ZEPHYR_PARAMS  # noqa: E402
-from tinymodel import CHAT_TEMPLATE, WIKI  # noqa: E402
+from tinymodel import WIKI, save_spm_tokenizer  # noqa: E402
 
 SHARD_BYTES = 2_000_000_000  # zephyr-7b-beta ships 8 bf16 shards of about 1.9 GB
 SAMPLES, SEQ_LEN, WINDOWS, N_CTX = 8, 512, 4, 512
@@ -76,31 +75,7 @@ def wiki_texts() -> list[str]:
 
 def save_tokenizer(folder: Path) -> None:
     """A 32000-piece SentencePiece BPE with byte fallback, the kind Mistral/zephyr ship as tokenizer.model."""
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer
-
-    model_file = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(wiki_texts()),
-        model_writer=model_file,
-        vocab_size=ZEPHYR["vocab_size"],
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        hard_vocab_limit=True,
-        minloglevel=2,
-    )
-    (folder / "tokenizer.model").write_bytes(model_file.getvalue())
-    tokenizer = LlamaTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
+    save_spm_tokenizer(folder, wiki_texts(), ZEPHYR["vocab_size"])
 
 
 def make_model(folder: Path) -> Path:

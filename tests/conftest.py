@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tinymodel import CHAT_TEMPLATE, WIKI, save_random_mistral  # noqa: F401 (WIKI: re-exported to tests)
+from tinymodel import CHAT_TEMPLATE, WIKI, save_random_mistral, save_spm_tokenizer  # noqa: F401 (WIKI: re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,34 +66,10 @@ def tiny_model(tmp_path_factory, wiki_texts) -> Path:
 @pytest.fixture(scope="session")
 def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
     """The tiny Mistral with a SentencePiece tokenizer (tokenizer.model), as zephyr/Mistral ship theirs."""
-    import io
     import shutil
 
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer
-
     folder = tmp_path_factory.mktemp("tiny-mistral-spm")
-    model_file = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(wiki_texts[:2000]),
-        model_writer=model_file,
-        vocab_size=1024,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        minloglevel=2,
-    )
-    (folder / "tokenizer.model").write_bytes(model_file.getvalue())
-    tokenizer = LlamaTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
+    save_spm_tokenizer(folder, wiki_texts[:2000], vocab_size=1024)
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         if (tiny_model / name).is_file():
             shutil.copy2(tiny_model / name, folder / name)

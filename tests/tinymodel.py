@@ -42,3 +42,34 @@ def save_random_mistral(folder: Path, texts: list[str], **config) -> Path:
     model = MistralForCausalLM(MistralConfig(**config)).to(torch.bfloat16)
     model.save_pretrained(folder)
     return folder
+
+
+def save_spm_tokenizer(folder: Path, texts: list[str], vocab_size: int) -> None:
+    """Train a SentencePiece BPE with byte fallback (the kind Mistral/zephyr ship as tokenizer.model) and save
+    it with its HF tokenizer files and the chat template."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    model_file = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model_file,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(model_file.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
