@@ -30,7 +30,7 @@ from ..outputs import assert_no_local_paths, write_json
 from ..shapes import check_group_size
 from ..sizes import model_tensors, safetensors_bytes
 from .base import BuildJob, EngineResult, Format, Needs, PlanWork
-from .clients import MLX_LM, Support
+from .clients import MLX_LM, Support, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ class MLX(Format):
                 table(
                     ["Client", "Loads", "Checked with", "Note"],
                     None,
-                    [[s.client, s.mark, s.checked, s.note or "-"] for s in self.support(c.rows[0].variant.spec)],
+                    table_rows(self.support(c.rows[0].variant.spec)),
                 ),
             ]
         )
