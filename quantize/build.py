@@ -67,7 +67,7 @@ class Builder:
         versions = package_versions()
         engine = {k: versions.get(k, "?") for k in fmt.engine_packages}
         engine["layout"] = str(OUTPUT_LAYOUT)
-        engine.update(fmt.engine_inputs())
+        engine.update(fmt.engine_inputs(variant.spec))
         return Inputs(
             base_model=BaseModelInfo(source=self.base.source, hash=self.base.hash, revision=self.base.revision),
             calibration=calib.stats if calib else None,
@@ -148,6 +148,7 @@ class Builder:
                 files=files,
                 total_bytes=sum(f.size for f in files),
                 module_losses=result.module_losses,
+                mix=result.mix,
                 bits_per_weight=round(8 * model_bytes(files) / self.base.param_count(), 3),
                 predicted_bytes=self._predicted_bytes(variant),
             )

@@ -293,7 +293,7 @@ _FIXES = {
     "quant_type": "use a llama.cpp type such as Q4_K_M",
     "base_model": "add `base_model: {id: ORG/NAME}` or `{path: DIR}`",
     "prompt_template": 'e.g. "<|user|>\\n{prompt}</s>\\n<|assistant|>\\n"',
-    "imatrix": "add `imatrix: RECIPE` (a calibration recipe such as wikitext2)",
+    "imatrix": "remove `imatrix: false` or give `imatrix: RECIPE` (a calibration recipe such as wikitext2)",
 }
 
 
@@ -378,6 +378,7 @@ def _resolve(spec, cfg: ProjectConfig) -> Variant:
     from . import formats
 
     fmt = formats.get(spec.format)
+    spec = fmt.complete(spec, cfg.calibration)
     name, branch = fmt.names(spec)
     repo = cfg.repos.get(fmt.name) or f"{cfg.owner or 'local'}/{cfg.base_model.display_name}-{fmt.title}"
     return Variant(

@@ -142,6 +142,18 @@ class Inputs(BaseModel):
     engine: dict[str, str]
 
 
+class TensorMix(BaseModel):
+    """The per-tensor types a size-budget file holds (GGUF `target_bpw` / `max_size_gb`), and why."""
+
+    budget_bytes: int  # the whole file's budget
+    candidates: list[str]  # the types measured for every tensor they fit
+    tensor_types: dict[str, str]  # tensor -> type, as written (2-D tensors; norms stay F32)
+    type_counts: dict[str, int]
+    predicted_kld: float  # the sum over tensors of their measured error, in KLD units (kld_per_error)
+    kld_per_error: dict[str, float]  # per tensor class: the probe's KLD over its summed relative error
+    measure_seconds: float | None = None  # None when the sensitivities came from the cache
+
+
 class Report(BaseModel):
     schema_version: int = SCHEMA_VERSION
     status: Literal["built", "passed", "failed"] = "built"  # passed/failed once checked
@@ -159,6 +171,7 @@ class Report(BaseModel):
     bits_per_weight: float
     predicted_bytes: int | None = None  # plan's prediction for the weight file(s), beside the measured size
     module_losses: list[dict[str, Any]] = []
+    mix: TensorMix | None = None
     checks: CheckReport | None = None
 
     def write(self, folder: Path) -> Path:

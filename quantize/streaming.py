@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 # hook(name of the Linear module as in the HF checkpoint, its input [tokens, in_features])
 InputHook = Callable[[str, "object"], None]
 
+# Tokens whose activations one pass through the layers holds: a GPTQ-style recipe (128 x 4096 tokens) would
+# otherwise keep 8.6 GB of float32 hidden states at 7B, twice over with the final ones, beside the MLP's
+# intermediates. Larger sets go through the layers in chunks, each re-reading the (page-cached) shards.
+CHUNK_TOKENS = 16384
+
+
+def chunk_rows(rows: int, seq_len: int) -> int:
+    """Rows of `seq_len` tokens per pass through the layers (at least one)."""
+    return max(1, min(rows, CHUNK_TOKENS // max(1, seq_len)))
+
 
 def default_device() -> tuple[str, object]:
     """CUDA in the checkpoint's half precision when present; else the CPU in float32 (exact, and bf16-free)."""

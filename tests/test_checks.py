@@ -59,16 +59,16 @@ def test_kld_is_zero_for_the_base_against_itself(built):
 def test_kld_grows_from_8_bit_to_4_bit(built):
     r = {name: built["reports"][name]["checks"] for name in built["reports"]}
     assert r["gptq-8bit-32g-actorder_True"]["mean_kld"] < r["gptq-4bit-32g-actorder_True"]["mean_kld"]
-    assert r["gguf-f16"]["mean_kld"] < r["gguf-q8_0"]["mean_kld"] < r["gguf-q4_k_m"]["mean_kld"]
-    assert r["gguf-q8_0"]["top1_agreement"] > r["gguf-q4_k_m"]["top1_agreement"]
+    assert r["gguf-f16"]["mean_kld"] < r["gguf-q8_0"]["mean_kld"] < r["gguf-i1-q4_k_m"]["mean_kld"]
+    assert r["gguf-q8_0"]["top1_agreement"] > r["gguf-i1-q4_k_m"]["top1_agreement"]
     for c in r.values():
         # A process with torch and the model loaded holds hundreds of MB and, for this 2-layer model, not GBs.
         assert c["p99_kld"] >= c["mean_kld"] and 3e8 < c["memory"]["peak_rss_bytes"] < 4e9
 
 
 def test_gguf_rows_carry_max_ram_required(built):
-    memory = built["reports"]["gguf-q4_k_m"]["checks"]["memory"]
-    size = built["reports"]["gguf-q4_k_m"]["files"][0]["size"]
+    memory = built["reports"]["gguf-i1-q4_k_m"]["checks"]["memory"]
+    size = built["reports"]["gguf-i1-q4_k_m"]["files"][0]["size"]
     # The card's claim must never be below what loading and scoring the file really took here.
     assert memory["max_ram_required_bytes"] > max(size, memory["peak_rss_bytes"])
 
@@ -79,8 +79,10 @@ def test_a_failed_gate_blocks(built, tmp_path):
     proc = run_cli("build", "--config", str(config), "--out", str(built["out"]), "--all", "--no-check")
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("check", "--config", str(config), "--out", str(built["out"]), "--all", "--force")
-    assert proc.returncode == 1 and "FAIL  max_mean_kld" in proc.stdout and "failed gates: gguf-q4_k_m" in proc.stderr
-    report = json.loads((built["out"] / "gguf-q4_k_m" / "report.json").read_text())
+    assert (
+        proc.returncode == 1 and "FAIL  max_mean_kld" in proc.stdout and "failed gates: gguf-i1-q4_k_m" in proc.stderr
+    )
+    report = json.loads((built["out"] / "gguf-i1-q4_k_m" / "report.json").read_text())
     assert report["status"] == "failed" and not report["checks"]["passed"]
     proc = run_cli("build", "--config", str(config), "--out", str(built["out"]), "--all", "--force")
     assert proc.returncode == 1 and "failed their checks" in proc.stderr
@@ -124,7 +126,7 @@ def test_report_table_json_and_plot(built):
     proc = run_cli("report", "--config", str(built["config"]), "--out", str(built["out"]), check=True)
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["FORMAT", "VARIANT", "SIZE", "GB"]
-    assert lines[1].startswith("base") and any(line.startswith("gguf") and "gguf-q4_k_m" in line for line in lines)
+    assert lines[1].startswith("base") and any(line.startswith("gguf") and "gguf-i1-q4_k_m" in line for line in lines)
     md = run_cli(
         "report", "--config", str(built["config"]), "--out", str(built["out"]), "--markdown", check=True
     ).stdout

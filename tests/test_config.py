@@ -51,7 +51,7 @@ def test_zephyr_matrix_matches_thebloke_branches():
     assert all(v.calibration == "wikitext2" for v in gptq)
     assert project.variant("gptq-8bit").branch == "gptq-8bit--1g-actorder_True"
     assert {v.format for v in project.variants} == {"gptq", "awq", "gguf", "mlx"}
-    assert project.variant("gguf-q4_k_m").repo.endswith("-GGUF")
+    assert project.variant("gguf-i1-q4_k_m").repo.endswith("-GGUF")
     mlx = {v.branch: v for v in project.variants if v.format == "mlx"}
     assert set(mlx) == {"mlx-4bit", "mlx-8bit", "mlx-mixed_3_6"} and mlx["mlx-4bit"].default
     assert mlx["mlx-4bit"].repo == "your-hub-user/zephyr-7B-beta-MLX"
@@ -62,7 +62,7 @@ def test_variant_lookup_by_short_or_branch_name():
     assert project.variant("gptq-4bit-32g") is project.variant("gptq-4bit-32g-actorder_True")
     with pytest.raises(UnknownVariantError) as info:
         project.variant("gptq-3bit")
-    assert "gptq-4bit-32g" in str(info.value) and "gguf-q4_k_m" in str(info.value)
+    assert "gptq-4bit-32g" in str(info.value) and "gguf-i1-q4_k_m" in str(info.value)
 
 
 def test_matrix_include_exclude(tmp_path):

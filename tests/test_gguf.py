@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import llama_tokens, run_cli, write_config
 
+from quantize.formats.gguf import imatrix_by_default
 from quantize.formats.gguf.convert import ModelMeta, convert
 from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, load_gguf
 
@@ -27,6 +28,8 @@ TYPES = [
     "Q8_0",
     "F16",
 ]
+# As built by default: k-quants and IQ types with the importance matrix (`i1-`), the others static.
+BUILT = [f"i1-{t}" if imatrix_by_default(t) else t for t in TYPES] + ["i1-IQ4_XS", "i1-IQ2_XS", "i1-Q4_1", "Q4_K_M"]
 TRICKY = [
     "Hello world",
     "  leading spaces and   runs of    spaces",
@@ -126,12 +129,15 @@ def test_rejects_unknown_architecture(tmp_path, tiny_model):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model):
-    """Every listed type of the tiny model through the CLI, plus Q4_K_M and IQ2_XS with an imatrix."""
+    """Every listed type of the tiny model through the CLI as configured by default (k-quants with the
+    importance matrix), IQ4_XS (default imatrix), IQ2_XS and Q4_1 with a named one, and a static Q4_K_M."""
     work = tmp_path_factory.mktemp("gguf")
     variants = [
         {"format": "gguf", "matrix": {"quant_type": TYPES}},
+        {"format": "gguf", "quant_type": "IQ4_XS"},
         {"format": "gguf", "quant_type": "IQ2_XS", "imatrix": "tiny"},
         {"format": "gguf", "quant_type": "Q4_1", "imatrix": "tiny"},
+        {"format": "gguf", "quant_type": "Q4_K_M", "imatrix": False},
     ]
     config = write_config(work, tiny_model, variants)
     out = work / "out"
@@ -149,7 +155,7 @@ def built(tmp_path_factory, tiny_model):
     }
 
 
-@pytest.mark.parametrize("quant_type", TYPES + ["i1-IQ2_XS", "i1-Q4_1"])
+@pytest.mark.parametrize("quant_type", BUILT)
 def test_every_type_quantizes_and_loads(built, quant_type):
     from gguf import GGUFReader
 
@@ -172,15 +178,17 @@ def test_every_type_quantizes_and_loads(built, quant_type):
 
 def test_bits_per_weight_orders_the_types(built):
     bpw = {
-        t: json.loads((built["out"] / f"gguf-{t.lower()}" / "report.json").read_text())["bits_per_weight"]
-        for t in ("Q2_K", "Q4_K_M", "Q6_K", "Q8_0", "F16")
+        t.removeprefix("i1-"): json.loads((built["out"] / f"gguf-{t.lower()}" / "report.json").read_text())[
+            "bits_per_weight"
+        ]
+        for t in ("i1-Q2_K", "i1-Q4_K_M", "i1-Q6_K", "Q8_0", "F16")
     }
     assert bpw["Q2_K"] < bpw["Q4_K_M"] < bpw["Q6_K"] < bpw["Q8_0"] < bpw["F16"]
     assert 15.5 < bpw["F16"] < 16.5
 
 
 def test_f16_intermediate_is_shared_and_imatrix_recorded(built):
-    # 15 GGUF variants from one cold cache: one F16 conversion, one importance matrix, reused by the rest.
+    # 17 GGUF variants from one cold cache: one F16 conversion, one importance matrix, reused by the rest.
     assert built["stderr"].count("converting tiny-mistral to F16 GGUF") == 1
     assert len(list((built["cache"] / "gguf").glob("*/tiny-mistral.F16.gguf"))) == 1
     assert built["stderr"].count("imatrix: computing") == 1 and "imatrix: cache hit" in built["stderr"]
@@ -189,25 +197,16 @@ def test_f16_intermediate_is_shared_and_imatrix_recorded(built):
     assert report["inputs"]["calibration"]["recipe"] == "tiny" and report["stages"]["imatrix"]["seconds"] > 0
     plain = json.loads((built["out"] / "gguf-q4_k_m" / "report.json").read_text())
     assert plain["inputs"]["calibration"] is None and "imatrix" not in plain["stages"]
+    default = json.loads((built["out"] / "gguf-i1-q4_k_m" / "report.json").read_text())
+    assert default["inputs"]["params"]["imatrix"] == "tiny" and "imatrix" in default["stages"]
+    assert not (built["out"] / "gguf-i1-q8_0").exists()  # Q8_0 ignores an importance matrix: static by default
 
 
-def test_imatrix_changes_the_weights(built, tmp_path):
-    """Q4_1 with and without the imatrix: llama.cpp used the matrix it was given (different bytes)."""
-    with_im = built["out"] / "gguf-i1-q4_1" / "tiny-mistral.i1-Q4_1.gguf"
-    config = write_config(tmp_path, built["base"], [{"format": "gguf", "quant_type": "Q4_1"}])
-    run_cli(
-        "build",
-        "--config",
-        str(config),
-        "--out",
-        str(tmp_path / "out"),
-        "--all",
-        "--no-check",
-        cwd=tmp_path,
-        check=True,
-    )
-    without = tmp_path / "out" / "gguf-q4_1" / "tiny-mistral.Q4_1.gguf"
-    assert with_im.read_bytes() != without.read_bytes()
+def test_static_and_i1_files_differ_and_keep_their_names(built):
+    """The default (i1) and `imatrix: false` files of one type sit side by side, named apart, with other bytes."""
+    i1 = built["out"] / "gguf-i1-q4_k_m" / "tiny-mistral.i1-Q4_K_M.gguf"
+    static = built["out"] / "gguf-q4_k_m" / "tiny-mistral.Q4_K_M.gguf"
+    assert i1.is_file() and static.is_file() and i1.read_bytes() != static.read_bytes()
 
 
 def test_bad_type_lists_valid_ones(tmp_path, tiny_model):
@@ -216,7 +215,33 @@ def test_bad_type_lists_valid_ones(tmp_path, tiny_model):
     assert proc.returncode == 2 and "unknown GGUF type 'Q4_K_XL'" in proc.stderr and "Q4_K_M" in proc.stderr
 
 
-def test_type_that_needs_an_imatrix_is_refused_without_one(tmp_path, tiny_model):
-    config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "IQ2_XS"}])
+@pytest.mark.parametrize("quant_type", ["IQ4_XS", "IQ3_M", "IQ3_XXS", "IQ2_M", "Q2_K_S"])
+def test_type_that_needs_an_imatrix_is_refused_without_one(tmp_path, tiny_model, quant_type):
+    config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": quant_type, "imatrix": False}])
     proc = run_cli("list", "--config", str(config))
-    assert proc.returncode == 2 and "imatrix" in proc.stderr and "fix:" in proc.stderr
+    assert proc.returncode == 2, proc.stdout
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"{quant_type} cannot be made without an importance matrix" in line and "variants[0]" in line
+    assert "fix: remove `imatrix: false`" in line
+
+
+def test_imatrix_defaults_follow_the_type(tmp_path, tiny_model):
+    """k-quants and IQ types take the project's recipe; legacy and 8/16-bit types stay static; `true` names it."""
+    from quantize.config import load_config
+
+    variants = [
+        {"format": "gguf", "matrix": {"quant_type": ["Q3_K_S", "Q6_K", "IQ3_M", "Q5_0", "Q8_0", "F16"]}},
+        {"format": "gguf", "quant_type": "Q4_0", "imatrix": True},
+    ]
+    project = load_config(write_config(tmp_path, tiny_model, variants))
+    got = {v.spec.label: v.spec.imatrix for v in project.variants}
+    assert got == {
+        "Q3_K_S": "tiny",
+        "Q6_K": "tiny",
+        "IQ3_M": "tiny",
+        "Q5_0": None,
+        "Q8_0": None,
+        "F16": None,
+        "Q4_0": "tiny",
+    }
+    assert [v.name for v in project.variants][:3] == ["gguf-i1-q3_k_s", "gguf-i1-q6_k", "gguf-i1-iq3_m"]

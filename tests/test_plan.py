@@ -32,7 +32,8 @@ MISTRAL_7B = {
     "eos_token_id": 2,
 }
 # File sizes TheBloke/zephyr-7B-beta-GPTQ and -GGUF list (GB). Q2_K is left out: llama.cpp
-# has changed its Q2_K mix since those files were made (3.08 GB then).
+# has changed its Q2_K mix since those files were made (3.08 GB then). Our k-quants carry an
+# importance matrix by default (`i1-`); it changes the rounding, not the per-tensor types or sizes.
 PUBLISHED_GB = {
     "gptq-4bit-128g": 4.16,
     "gptq-4bit-32g": 4.57,
@@ -40,16 +41,16 @@ PUBLISHED_GB = {
     "gptq-8bit": 7.52,
     "gptq-8bit-128g": 7.68,
     "gptq-8bit-32g": 8.17,
-    "gguf-q3_k_s": 3.16,
-    "gguf-q3_k_m": 3.52,
-    "gguf-q3_k_l": 3.82,
+    "gguf-i1-q3_k_s": 3.16,
+    "gguf-i1-q3_k_m": 3.52,
+    "gguf-i1-q3_k_l": 3.82,
     "gguf-q4_0": 4.11,
-    "gguf-q4_k_s": 4.14,
-    "gguf-q4_k_m": 4.37,
+    "gguf-i1-q4_k_s": 4.14,
+    "gguf-i1-q4_k_m": 4.37,
     "gguf-q5_0": 5.00,
-    "gguf-q5_k_s": 5.00,
-    "gguf-q5_k_m": 5.13,
-    "gguf-q6_k": 5.94,
+    "gguf-i1-q5_k_s": 5.00,
+    "gguf-i1-q5_k_m": 5.13,
+    "gguf-i1-q6_k": 5.94,
     "gguf-q8_0": 7.70,
 }
 
@@ -89,16 +90,18 @@ def test_plan_of_a_7b_is_fast_complete_and_matches_published_sizes(zephyr_config
     assert by_name["gptq-8bit"].clients == ["transformers"] and "ExLlama" not in main.clients
     # RUN = weights + KV cache (2 x 32 layers x 8 heads x 128 x 4096 x 2 bytes = 0.54 GB) + workspace.
     assert main.run_bytes - main.load_bytes > 0.5e9
-    q4 = by_name["gguf-q4_k_m"]
+    q4 = by_name["gguf-i1-q4_k_m"]
     # TheBloke/zephyr-7B-beta-GGUF states "Max RAM required 6.87 GB" for Q4_K_M: the plan lands on the published figure.
-    assert q4.load_bytes / 1e9 == pytest.approx(6.87, abs=0.03) and q4.runner == "cpu"
+    # Its importance matrix runs the model forward (a GPU runner); Q8_0 is static, a CPU job.
+    assert q4.load_bytes / 1e9 == pytest.approx(6.87, abs=0.03) and q4.runner == "gpu"
+    assert by_name["gguf-q8_0"].runner == "cpu"
 
 
 def test_plan_cli_prints_the_table(zephyr_config):
     proc = run_cli("plan", "--config", str(zephyr_config), check=True)
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["VARIANT", "BRANCH", "/"]
-    assert any(line.startswith("gguf-q4_k_m") and "zephyr-7b-beta.Q4_K_M.gguf" in line for line in lines)
+    assert any(line.startswith("gguf-i1-q4_k_m") and "zephyr-7b-beta.i1-Q4_K_M.gguf" in line for line in lines)
     as_json = json.loads(run_cli("plan", "--config", str(zephyr_config), "--json", check=True).stdout)
     assert [r["variant"] for r in as_json] == [v.name for v in load_config(zephyr_config).variants]
 

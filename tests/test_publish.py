@@ -23,7 +23,7 @@ BRANCHES = {
     "gptq-4bit-32g-actorder_True": REPO_GPTQ,
     "gptq-8bit-32g-actorder_True": REPO_GPTQ,
     "gguf-q8_0": REPO_GGUF,
-    "gguf-q4_k_m": REPO_GGUF,
+    "gguf-i1-q4_k_m": REPO_GGUF,
 }
 
 
@@ -114,9 +114,12 @@ def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
         gguf_main = downloaded(
             Path(snapshot_download(REPO_GGUF, revision="main", endpoint=hub.url, cache_dir=tmp_path / "dl"))
         )
-        assert {p for p in gguf_main if p.endswith(".gguf")} == {"tiny-mistral.Q8_0.gguf", "tiny-mistral.Q4_K_M.gguf"}
+        assert {p for p in gguf_main if p.endswith(".gguf")} == {
+            "tiny-mistral.Q8_0.gguf",
+            "tiny-mistral.i1-Q4_K_M.gguf",
+        }
         card = gguf_main["README.md"].decode()
-        assert "tiny-mistral.Q8_0.gguf" in card and "tiny-mistral.Q4_K_M.gguf" in card
+        assert "tiny-mistral.Q8_0.gguf" in card and "tiny-mistral.i1-Q4_K_M.gguf" in card
 
         record = json.loads((built["out"] / "published" / "gguf-q8_0.json").read_text())
         assert [t["branch"] for t in record["targets"]] == ["gguf-q8_0", "main"]
@@ -274,7 +277,7 @@ def test_git_publish_to_a_mirror_served_by_olah(built, tmp_path):
         env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
         env.pop("HF_TOKEN", None)
         hf = Path(sys.executable).with_name("hf")
-        for branch in ("gptq-4bit-32g-actorder_True", "gguf-q4_k_m"):
+        for branch in ("gptq-4bit-32g-actorder_True", "gguf-i1-q4_k_m"):
             dest = tmp_path / "dl" / branch
             proc = subprocess.run(
                 [str(hf), "download", BRANCHES[branch], "--revision", branch, "--local-dir", str(dest)],

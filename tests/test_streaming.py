@@ -52,6 +52,21 @@ def test_streamed_imatrix_equals_the_whole_model_one(tiny_model, windows):
         assert rel < 1e-3, (name, rel)
 
 
+def test_chunked_imatrix_equals_the_one_pass_one(tiny_model, windows, monkeypatch):
+    """Calibration sets over `CHUNK_TOKENS` go through the layers in chunks: the same matrix, summed in parts."""
+    import quantize.streaming as streaming
+
+    one_pass = compute_imatrix(tiny_model, windows)
+    monkeypatch.setattr(streaming, "CHUNK_TOKENS", 2 * 128 - 1)  # one row per chunk
+    assert streaming.chunk_rows(4, 128) == 1
+    chunked = compute_imatrix(tiny_model, windows)
+    assert sorted(chunked) == sorted(one_pass)
+    for name in one_pass:
+        assert np.allclose(chunked[name], one_pass[name], rtol=1e-6, atol=0), name
+    monkeypatch.setattr(streaming, "CHUNK_TOKENS", 2 * 128)
+    assert streaming.chunk_rows(4, 128) == 2 and streaming.chunk_rows(4, 100_000) == 1
+
+
 def test_streamed_base_reference_equals_the_whole_model_one(tiny_model, windows):
     streamed = reference(windows, LayerStream(tiny_model).logits_fn(windows))
     whole = reference(windows, hf_logits_fn(tiny_model, dtype=torch.float32))

@@ -31,6 +31,7 @@ class EngineResult:
     device: str
     dtype: str
     module_losses: list[dict] = field(default_factory=list)
+    mix: Any = None  # records.TensorMix, for a file whose per-tensor types were chosen to a budget
 
 
 @dataclass
@@ -90,6 +91,10 @@ class Format(ABC):
     def names(self, spec) -> tuple[str, str]:
         """(short name people type, hub branch)."""
 
+    def complete(self, spec, top_level: str):
+        """The spec with defaults that depend on the project filled in (GGUF: the imatrix recipe); as is by default."""
+        return spec
+
     def calibration(self, spec, top_level: str) -> str | None:
         """The calibration recipe this variant needs tokens from, if any."""
         return spec.calibration or top_level
@@ -101,7 +106,7 @@ class Format(ABC):
     def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:  # noqa: B027
         """Refuse, from config.json alone, what this format cannot build (before any work); none by default."""
 
-    def engine_inputs(self) -> dict[str, str]:
+    def engine_inputs(self, spec) -> dict[str, str]:
         """Extra inputs beyond package versions that change the bytes (converter versions...)."""
         return {}
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Literal
 
 import gguf
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...card.markdown import HUB, CardInputs, Row, base_ppl, chat_prompt, gb, quality, table
-from ...config import SafeName, Strict
+from ...config import FieldProblem, SafeName, Strict
 from ...errors import QuantizeError
 from ...naming import is_safe_name
+from ...streaming import chunk_rows
 from ..base import BuildJob, EngineResult, Format, Needs, PlanWork
 from ..clients import LLAMA_CPP, Support
 
@@ -41,6 +42,18 @@ GGUF_USE = {
     "Q5_K_M": (5, "large; very low quality loss"),
     "Q6_K": (6, "very large; extremely low quality loss"),
     "Q8_0": (8, "very large; nearly lossless, rarely needed"),
+    "IQ4_XS": (4, "small; near Q4_K_S quality in less space (needs an importance matrix)"),
+    "IQ4_NL": (4, "4-bit non-linear, 32-wide blocks (needs an importance matrix)"),
+    "IQ3_M": (3, "very small; better than Q3_K_S at its size (needs an importance matrix)"),
+    "IQ3_S": (3, "very small (needs an importance matrix)"),
+    "IQ3_XS": (3, "very small (needs an importance matrix)"),
+    "IQ3_XXS": (3, "very small; lower quality (needs an importance matrix)"),
+    "IQ2_M": (2, "tiny; large quality loss (needs an importance matrix)"),
+    "IQ2_S": (2, "tiny; large quality loss (needs an importance matrix)"),
+    "IQ2_XS": (2, "tiny; very large quality loss (needs an importance matrix)"),
+    "IQ2_XXS": (2, "tiny; very large quality loss (needs an importance matrix)"),
+    "IQ1_M": (1, "extremely small; mostly for experiments"),
+    "IQ1_S": (1, "extremely small; mostly for experiments"),
     "F16": (16, "unquantized 16-bit"),
     "BF16": (16, "unquantized bfloat16"),
 }
@@ -65,31 +78,108 @@ def file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
     return f"{model_name}.{'i1-' if imatrix else ''}{quant_type.upper()}.gguf"
 
 
+def imatrix_by_default(quant_type: str) -> bool:
+    """k-quants and IQ types weigh their rounding by an importance matrix; legacy and 8/16-bit types ignore one."""
+    return quant_type.startswith("IQ") or "_K" in quant_type
+
+
+def requires_imatrix(quant_type: str) -> bool:
+    """IQ types (and Q2_K_S) are made with an importance matrix or not at all: static ones lose too much."""
+    from .quantize import NEEDS_IMATRIX
+
+    return quant_type.startswith("IQ") or quant_type in NEEDS_IMATRIX
+
+
 class GGUFSpec(Strict):
+    """One GGUF file: a llama.cpp type (`quant_type`), or a size budget (`target_bpw` / `max_size_gb`) that
+    `mix` meets with per-tensor types chosen by measured sensitivity."""
+
     format: Literal["gguf"]
-    quant_type: str
-    imatrix: SafeName | None = Field(
-        None, validate_default=True, description="calibration recipe for llama.cpp's importance matrix"
+    quant_type: str | None = Field(None, description="a llama.cpp file type such as Q4_K_M")
+    target_bpw: float | None = Field(None, gt=2.0, lt=8.5, description="bits per weight of the whole file")
+    max_size_gb: float | None = Field(None, gt=0, description="largest file size, in GB (1e9 bytes)")
+    mix_types: tuple[str, ...] | None = Field(
+        None, description="the ggml tensor types a budget mix may choose from; default: mix.CANDIDATES"
+    )
+    imatrix: SafeName | bool | None = Field(
+        None,
+        description="calibration recipe for llama.cpp's importance matrix; default: the project's recipe for "
+        "k-quant, IQ and budget files; false: a static file",
     )
     default: bool = False
 
     @field_validator("quant_type")
     @classmethod
-    def _known_type(cls, value: str) -> str:
+    def _known_type(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         valid = quant_types()
         if value.upper() not in valid:
             raise ValueError(f"unknown GGUF type {value!r}; valid: {', '.join(valid)}")
         return value.upper()
 
-    @field_validator("imatrix")
+    @field_validator("mix_types")
     @classmethod
-    def _imatrix_when_required(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from .quantize import NEEDS_IMATRIX
+    def _known_mix_types(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from .mix import CANDIDATES
 
-        quant_type = info.data.get("quant_type")
-        if value is None and quant_type in NEEDS_IMATRIX:
-            raise ValueError(f"{quant_type} cannot be made without an importance matrix")
-        return value
+        if value is None:
+            return None
+        unknown = [t for t in value if t.upper() not in CANDIDATES]
+        if unknown or not value:
+            raise FieldProblem(
+                f"{unknown[0] if unknown else 'an empty list'} is not a mix type",
+                f"use some of: {', '.join(CANDIDATES)}",
+            )
+        return tuple(dict.fromkeys(t.upper() for t in value))
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The types a budget mix measures and chooses from."""
+        from .mix import CANDIDATES
+
+        return self.mix_types or CANDIDATES
+
+    @model_validator(mode="after")
+    def _one_target(self) -> GGUFSpec:
+        given = [k for k in ("quant_type", "target_bpw", "max_size_gb") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise FieldProblem(
+                f"gives {' and '.join(given) or 'none of quant_type, target_bpw, max_size_gb'}",
+                "give exactly one: `quant_type: Q4_K_M`, `target_bpw: 4.5` or `max_size_gb: 4.2`",
+            )
+        if self.mix_types is not None and not self.is_mix:
+            raise FieldProblem("mix_types applies to a size budget only", "remove it, or give target_bpw / max_size_gb")
+        if self.imatrix is False and (self.quant_type is None or requires_imatrix(self.quant_type)):
+            what = self.quant_type or "a size-budget mix"
+            raise FieldProblem(
+                f"{what} cannot be made without an importance matrix (imatrix: false)",
+                "remove `imatrix: false` (the project's calibration recipe is used) or pick a k-quant such as Q4_K_M",
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """The type as file names show it: `Q4_K_M`, or a budget mix `MIX-4.5BPW` / `MIX-4.2GB`."""
+        if self.quant_type is not None:
+            return self.quant_type
+        if self.target_bpw is not None:
+            return f"MIX-{self.target_bpw:g}BPW"
+        return f"MIX-{self.max_size_gb:g}GB"
+
+    @property
+    def is_mix(self) -> bool:
+        return self.quant_type is None
+
+
+def budget_bytes(spec: GGUFSpec, config: dict) -> int:
+    """The whole file's byte budget: `max_size_gb`, or `target_bpw` over the model's parameters."""
+    from ...sizes import param_count
+
+    if spec.max_size_gb is not None:
+        return int(spec.max_size_gb * 1e9)
+    assert spec.target_bpw is not None  # GGUFSpec._one_target: a mix has one of the two
+    return int(spec.target_bpw * param_count(config) / 8)
 
 
 def model_meta(project):
@@ -152,13 +242,24 @@ class GGUF(Format):
     needs_default = False  # every file goes on main anyway
     max_ram_is_load = True
 
+    def complete(self, spec: GGUFSpec, top_level: str) -> GGUFSpec:
+        """k-quant, IQ and budget files get an importance matrix from the project's calibration recipe unless
+        `imatrix: false`; after this, `imatrix` is a recipe name or None (static)."""
+        if spec.imatrix is False:
+            return spec.model_copy(update={"imatrix": None})
+        if spec.imatrix is True or (spec.imatrix is None and (spec.is_mix or imatrix_by_default(spec.label))):
+            return spec.model_copy(update={"imatrix": top_level})
+        return spec
+
     def names(self, spec: GGUFSpec) -> tuple[str, str]:
-        """`gguf-q4_k_m`; with an importance matrix `gguf-i1-q4_k_m`, after the `i1-` files users know."""
-        name = f"gguf-{'i1-' if spec.imatrix else ''}{spec.quant_type.lower()}"
+        """`gguf-q8_0`; with an importance matrix `gguf-i1-q4_k_m`, after the `i1-` files users know;
+        a budget mix `gguf-i1-mix-4.5bpw`."""
+        name = f"gguf-{'i1-' if spec.imatrix else ''}{spec.label.lower()}"
         return name, name
 
     def calibration(self, spec: GGUFSpec, top_level: str) -> str | None:
-        return spec.imatrix  # only an importance matrix needs calibration tokens
+        # only an importance matrix needs calibration tokens; `complete` left a recipe name or None
+        return spec.imatrix if isinstance(spec.imatrix, str) else None
 
     def calibration_overrides(self, spec: GGUFSpec) -> tuple[int | None, int | None]:
         return None, None
@@ -167,11 +268,21 @@ class GGUF(Format):
         from .convert import check_architecture
 
         check_architecture(config, config_file)
+        if spec.is_mix:
+            from .mix import check_budget
 
-    def engine_inputs(self) -> dict[str, str]:
+            field = "target_bpw" if spec.target_bpw is not None else "max_size_gb"
+            check_budget(config, budget_bytes(spec, config), spec.candidates, where, f"variant {name}: {field}")
+
+    def engine_inputs(self, spec: GGUFSpec) -> dict[str, str]:
         from .build import CONVERTER_VERSION
 
-        return {"converter": str(CONVERTER_VERSION)}
+        inputs = {"converter": str(CONVERTER_VERSION)}
+        if spec.is_mix:  # how sensitivities are measured decides the per-tensor types
+            from .mix import MEASURE_VERSION, PROBE_TOKENS, PROBE_TYPE, SAMPLE_ROWS
+
+            inputs["mix"] = f"v{MEASURE_VERSION} rows={SAMPLE_ROWS} probe={PROBE_TYPE}x{PROBE_TOKENS}"
+        return inputs
 
     def predict_bytes(self, planner, spec: GGUFSpec) -> int | None:
         """One skeleton and one dry run per type for the whole project, cached on the planner."""
@@ -179,22 +290,30 @@ class GGUF(Format):
         if cache is None:
             from .sizes import predict_gguf_many
 
-            types = sorted({v.spec.quant_type for v in planner.project.variants if v.format == self.name})
+            types = sorted(
+                {v.spec.quant_type for v in planner.project.variants if v.format == self.name and not v.spec.is_mix}
+            )
             has_tokenizer = planner.model_dir is not None and any(
                 (planner.model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
             )
             cache = planner.cache[self.name] = predict_gguf_many(
                 planner.config, types, planner.model_dir if has_tokenizer else None
             )
+        if spec.is_mix:  # the walk fills the budget to within one tensor's upgrade
+            return budget_bytes(spec, planner.config)
         return cache.get(spec.quant_type)
 
     def plan_work(self, planner, variant) -> PlanWork:
         spec = variant.spec
-        file = file_name(planner.project.config.base_model.display_name, spec.quant_type, imatrix=bool(spec.imatrix))
+        file = file_name(planner.project.config.base_model.display_name, spec.label, imatrix=bool(spec.imatrix))
         work = "F16 conversion (shared)"
         if spec.imatrix:
             recipe = planner.recipe(spec.imatrix)
             work += f"; imatrix on {recipe.samples} x {recipe.seq_len} tokens of {spec.imatrix}"
+        if spec.is_mix:
+            work += (
+                f"; per-tensor sensitivity (shared), types chosen to {budget_bytes(spec, planner.config) / 1e9:.3f} GB"
+            )
         return PlanWork(file, work, DEFAULT_RUN_SEQ_LEN, load_overhead=GGUF_RAM_OVERHEAD)
 
     def stage_needs(self, planner, variant) -> dict[str, Needs]:
@@ -211,10 +330,15 @@ class GGUF(Format):
         needs = {"convert": Needs(ram=shard + 6 * largest, disk_cache=f16)}
         if spec.imatrix:
             recipe = planner.recipe(spec.imatrix)
-            needs["imatrix"] = planner.stream_needs(recipe.samples, recipe.seq_len)
+            needs["imatrix"] = planner.stream_needs(chunk_rows(recipe.samples, recipe.seq_len), recipe.seq_len)
+        if spec.is_mix:
+            from .mix import measure_ram
+
+            needs["measure"] = Needs(ram=measure_ram(planner.config, len(spec.candidates)))
         # measured at 7B: 1.6 GB (Q8_0) and 3.3 GB (i1-Q4_K_M, after the imatrix stage in the same process)
         needs["quantize"] = Needs(ram=int(0.17 * planner.fp16_bytes), disk_out=size)
-        needs["check"] = planner.check_needs(size if planner.gpu or not _repacked(spec.quant_type) else 2 * size)
+        repacked = spec.is_mix or _repacked(spec.label)  # a mix may hold Q4_K/Q4_0/IQ4_NL tensors
+        needs["check"] = planner.check_needs(size if planner.gpu or not repacked else 2 * size)
         return needs
 
     def plan_location(self, variant, file: str) -> str:
@@ -263,9 +387,14 @@ class GGUF(Format):
         rows = []
         for r in sorted(c.rows, key=lambda r: (r.report.bits_per_weight, r.variant.name)):
             spec = r.variant.spec
-            nominal, use = GGUF_USE.get(spec.quant_type, (None, ""))
+            nominal, use = GGUF_USE.get(spec.label, (None, ""))
             name = _file(r)
-            method = spec.quant_type + (" + imatrix" if spec.imatrix else "")
+            method = spec.label + (" + imatrix" if spec.imatrix else "")
+            if r.report.mix is not None:
+                mix = r.report.mix
+                method = f"per-tensor mix to {gb(mix.budget_bytes)}" + (" + imatrix" if spec.imatrix else "")
+                counts = ", ".join(f"{n} {t}" for t, n in sorted(mix.type_counts.items(), key=lambda kv: -kv[1]))
+                use = f"types chosen per tensor by measured sensitivity to fit the budget: {counts}"
             if spec.imatrix:
                 use += f"; importance matrix from {spec.imatrix}"
             m = r.report.checks.memory if r.report.checks else None

@@ -7,8 +7,11 @@ run, shares them.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import time
+from collections import Counter
 from pathlib import Path
 
 from ...basemodel import ResolvedBase
@@ -16,8 +19,9 @@ from ...calibration import CalibrationSet
 from ...hashing import sha256_json, short
 from ...measure import Stages
 from ...paths import cache_dir, compute_once
+from ...records import TensorMix
 from ..base import EngineResult
-from . import GGUFSpec, file_name
+from . import GGUFSpec, file_name, mix
 from .convert import OUTTYPES, ModelMeta, convert
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
 from .quantize import quantize_file
@@ -40,8 +44,12 @@ def f16_gguf(base: ResolvedBase, meta: ModelMeta) -> Path:
     return path
 
 
+def imatrix_key(base: ResolvedBase, calib: CalibrationSet) -> str:
+    return short(sha256_json({"base": base.hash, "calibration": calib.stats.hash}))
+
+
 def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
-    key = short(sha256_json({"base": base.hash, "calibration": calib.stats.hash}))
+    key = imatrix_key(base, calib)
     path = cache_dir() / "imatrix" / f"{key}.npz"
 
     def make(tmp: Path) -> None:
@@ -56,7 +64,7 @@ def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
 def build_gguf(
     base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None, out: Path, stages: Stages
 ) -> EngineResult:
-    target = out / file_name(meta.name, spec.quant_type, imatrix=spec.imatrix is not None)
+    target = out / file_name(meta.name, spec.label, imatrix=spec.imatrix is not None)
     if spec.quant_type in OUTTYPES and spec.quant_type != "F16":
         with stages.stage("convert"):
             convert(base.path, target, spec.quant_type, meta)
@@ -70,6 +78,80 @@ def build_gguf(
     if calib is not None:
         with stages.stage("imatrix"):
             matrix = cached_imatrix(base, calib)
+    if spec.is_mix:
+        assert calib is not None and matrix is not None  # GGUFSpec refuses a mix without an importance matrix
+        return build_mix(base, spec, f16, matrix, calib, target, stages)
     with stages.stage("quantize"):
-        quantize_file(f16, target, spec.quant_type, matrix)
-    return EngineResult(device="cpu", dtype=spec.quant_type)
+        quantize_file(f16, target, spec.label, matrix)
+    return EngineResult(device="cpu", dtype=spec.label)
+
+
+def cached_sensitivity(
+    f16: Path, matrix: dict, matrix_key: str, candidates: tuple[str, ...], calib: CalibrationSet
+) -> tuple[list, dict[str, float], float | None]:
+    """Every tensor's loss per candidate type in KLD units (measured errors, scaled by the class probes),
+    computed once per F16 file, importance matrix and candidate list."""
+    key = short(
+        sha256_json(
+            {
+                "f16": f16.parent.name,
+                "imatrix": matrix_key,
+                "candidates": candidates,
+                "rows": mix.SAMPLE_ROWS,
+                "probe": [mix.PROBE_TYPE, mix.PROBE_TOKENS],
+                "version": mix.MEASURE_VERSION,
+            }
+        )
+    )
+    path = cache_dir() / "mix" / f"{key}.json"
+    seconds: float | None = None
+
+    def make(tmp: Path) -> None:
+        nonlocal seconds
+        start = time.perf_counter()
+        log.info("mix: measuring every tensor under %d candidate types (once; cached in %s)", len(candidates), path)
+        measured = mix.measure(f16, matrix, tuple(dict.fromkeys((*candidates, mix.PROBE_TYPE))))
+        ids = calib.input_ids
+        scaled, scales = mix.probe(f16, measured, matrix, ids[: max(1, mix.PROBE_TOKENS // ids.shape[1])])
+        chosen_from = [
+            mix.TensorSensitivity(s.name, s.shape, tuple(o for o in s.options if o.qtype in candidates)) for s in scaled
+        ]
+        tmp.write_text(json.dumps(mix.to_json(chosen_from, scales)))
+        seconds = round(time.perf_counter() - start, 3)
+
+    if not compute_once(path, make):
+        log.info("mix: sensitivities from the cache %s", key)
+    tensors, scales = mix.from_json(json.loads(path.read_text()))
+    return tensors, scales, seconds
+
+
+def build_mix(
+    base: ResolvedBase,
+    spec: GGUFSpec,
+    f16: Path,
+    matrix: dict,
+    calib: CalibrationSet,
+    target: Path,
+    stages: Stages,
+) -> EngineResult:
+    """Measure (cached), choose the per-tensor types that fill the budget, and have llama.cpp write them."""
+    from . import budget_bytes
+
+    with stages.stage("measure"):
+        sensitivity, scales, seconds = cached_sensitivity(f16, matrix, imatrix_key(base, calib), spec.candidates, calib)
+    budget = budget_bytes(spec, base.config)
+    types = mix.choose(sensitivity, budget - mix.fixed_bytes(f16, sensitivity))
+    counts = dict(Counter(types.values()).most_common())
+    log.info("mix: %s for %.3f GB", ", ".join(f"{n} x {t}" for t, n in counts.items()), budget / 1e9)
+    with stages.stage("quantize"):
+        mix.quantize_mix(f16, target, types, matrix)
+    record = TensorMix(
+        budget_bytes=budget,
+        candidates=list(spec.candidates),
+        tensor_types=types,
+        type_counts=counts,
+        predicted_kld=float(f"{mix.predicted_error(sensitivity, types):.4g}"),
+        kld_per_error={k: float(f"{v:.4g}") for k, v in scales.items()},
+        measure_seconds=seconds,
+    )
+    return EngineResult(device="cpu", dtype=spec.label, mix=record)

@@ -21,11 +21,12 @@ def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndar
     """{GGUF tensor name: mean x^2 per input column}, for every Linear of the model.
 
     The model runs layer by layer (`streaming.LayerStream`): float32 on a CPU without ever
-    holding more than one layer, half precision on a GPU; sums are kept in float64.
+    holding more than one layer, half precision on a GPU; sums are kept in float64. Large
+    calibration sets go through the layers in chunks of `streaming.CHUNK_TOKENS` tokens.
     """
     import torch
 
-    from ...streaming import LayerStream
+    from ...streaming import LayerStream, chunk_rows
 
     stream = LayerStream(model_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, stream.config.num_hidden_layers)
@@ -40,9 +41,14 @@ def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndar
         sums[gguf_name] = sums.get(gguf_name, 0) + (x * x).sum(dim=0).cpu()
         counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
 
-    final = stream.final_hidden(input_ids, hook=add, desc="imatrix")
-    if not getattr(stream.config, "tie_word_embeddings", False):  # a tied output is the embedding: no imatrix
-        add("lm_head", final.reshape(-1, final.shape[-1]))
+    rows, seq_len = input_ids.shape
+    step = chunk_rows(rows, seq_len)
+    for start in range(0, rows, step):
+        part = f" {start // step + 1}/{-(-rows // step)}" if step < rows else ""
+        final = stream.final_hidden(input_ids[start : start + step], hook=add, desc=f"imatrix{part}")
+        if not getattr(stream.config, "tie_word_embeddings", False):  # a tied output is the embedding: no imatrix
+            add("lm_head", final.reshape(-1, final.shape[-1]))
+        del final
     return {name: (sums[name] / counts[name]).to(torch.float32).numpy() for name in sums}
 
 

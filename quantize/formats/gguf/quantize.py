@@ -29,8 +29,11 @@ def file_type(quant_type: str) -> int:
     return int(gguf.LlamaFileType[member])
 
 
-def quantize_file(src: Path, dst: Path, quant_type: str, imatrix: dict[str, np.ndarray] | None = None) -> None:
-    """Quantize the F16 GGUF `src` into `dst` as `quant_type` (e.g. "Q4_K_M")."""
+def quantize_file(
+    src: Path, dst: Path, quant_type: str, imatrix: dict[str, np.ndarray] | None = None, overrides: Any = None
+) -> None:
+    """Quantize the F16 GGUF `src` into `dst` as `quant_type` (e.g. "Q4_K_M"); `overrides` is a NULL-terminated
+    array of llama.cpp's per-tensor type overrides (`mix`)."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -48,6 +51,9 @@ def quantize_file(src: Path, dst: Path, quant_type: str, imatrix: dict[str, np.n
         entries[len(imatrix)].name = None
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(entries)
+    if overrides is not None:
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(overrides)
     log.info("llama.cpp: quantizing %s -> %s%s", src.name, quant_type, " with imatrix" if imatrix else "")
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():

