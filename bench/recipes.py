@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from common import RESULTS, WORK, bench_env, log, markdown, quantize_cli, read_reports, run
+from common import RESULTS, WORK, bench_env, log, markdown, quantize_cli, read_reports, run, write_result
 from common import table as text_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -235,8 +235,6 @@ def main() -> None:
     print(text_table(rows, COLUMNS))
     print()
     print(markdown(rows, COLUMNS))
-    from common import write_result
-
     previous = RESULTS / "recipes.json"
     payload = json.loads(previous.read_text()) if previous.is_file() else {}
     studies = payload.get("studies", {})

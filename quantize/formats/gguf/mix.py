@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import heapq
 import logging
-import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ import numpy as np
 from ...errors import ConfigError, EngineError, QuantizeError
 from ...progress import bar
 from ...sizes import model_tensors
+from .sizes import gguf_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ class TensorSensitivity:
 
 
 def tensor_bytes(shape: tuple[int, ...], qtype: str) -> int:
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
-    return math.prod(shape) // block * size
+    return gguf_nbytes(shape, gguf.GGMLQuantizationType[qtype])
 
 
 def fits(shape: tuple[int, ...], qtype: str) -> bool:

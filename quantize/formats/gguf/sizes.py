@@ -22,7 +22,8 @@ from ...sizes import model_tensors
 _TENSOR_LINE = re.compile(r"\]\s+(\S+)\s+-\s+\[.*?type =\s+(\w+),.*?(?:\((\w+)\)|$)")
 
 
-def _gguf_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+def gguf_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    """Bytes of a tensor of `shape` in `qtype` (rows a whole number of blocks), unpadded."""
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     return math.prod(shape) // block * size
 
@@ -54,7 +55,7 @@ def write_skeleton(config: dict, path: Path, header_from: Path | None = None) ->
         name = names.get_name(t.name, try_suffixes=(".weight",))
         assert name is not None  # every Llama tensor model_tensors lists is in gguf's Llama map
         qtype = _f16_file_type(t.shape, "F16")
-        nbytes = _gguf_nbytes(t.shape, qtype)
+        nbytes = gguf_nbytes(t.shape, qtype)
         dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
         writer.add_tensor_info(name, t.shape, np.dtype(dtype), nbytes)
         layout.append((name, t.shape))
@@ -120,7 +121,7 @@ def predict_gguf_many(config: dict, quant_types: list[str], header_from: Path | 
                     n: gguf.GGMLQuantizationType[t] for n, t in llama_cpp_tensor_types(skeleton, quant_type).items()
                 }
             out[quant_type] = data_start + sum(
-                gguf.GGUFWriter.ggml_pad(_gguf_nbytes(shapes[n], t), gguf.GGUF_DEFAULT_ALIGNMENT)
+                gguf.GGUFWriter.ggml_pad(gguf_nbytes(shapes[n], t), gguf.GGUF_DEFAULT_ALIGNMENT)
                 for n, t in types.items()
             )
         return out
