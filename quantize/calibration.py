@@ -11,10 +11,11 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .config import Strict, load_yaml
 from .errors import CalibrationError
@@ -22,11 +23,47 @@ from .hashing import sha256_bytes, sha256_json, short
 from .paths import atomic_target, cache_dir, exclusive, write_atomic
 from .progress import bar
 from .records import CalibrationStats
-from .textsource import TextSource, read_documents
+from .textsource import TextSource, read_documents, read_records
 
 log = logging.getLogger(__name__)
 
 StatsT = TypeVar("StatsT", bound=BaseModel)
+
+
+class ChatMix(Strict):
+    """Part of the samples as conversations rendered through the project's `prompt_template`: an instruct
+    model is run on its template, so its calibration should see the template's tokens and the reply position
+    too (bench/README.md section 8 measures what it changes)."""
+
+    fraction: float = Field(gt=0, le=1, description="share of the samples that are conversations")
+    prompt: str = Field(
+        min_length=1,
+        description="the user's turn, filled from each record's fields; the record's text is the reply, "
+        "e.g. 'Tell me about {title}.'",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _fields_only(cls, value: str) -> str:
+        try:
+            names = [name for _, name, _, _ in Formatter().parse(value) if name is not None]
+        except ValueError as err:
+            raise ValueError(f"prompt is not a format string ({err}); write literal braces as {{{{ }}}}") from None
+        if any(not name.isidentifier() for name in names):
+            raise ValueError("prompt fields must be plain record field names, e.g. {title}")
+        return value
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for _, name, _, _ in Formatter().parse(self.prompt) if name))
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """The project's prompt template and default system prompt, which chat calibration renders through."""
+
+    template: str
+    system: str
 
 
 class Recipe(Strict):
@@ -39,6 +76,7 @@ class Recipe(Strict):
     samples: int = Field(default=128, gt=0)
     seq_len: int = Field(default=4096, gt=0)
     seed: int = 0
+    chat: ChatMix | None = Field(None, description="render part of the samples as conversations")
 
 
 @dataclass(frozen=True)
@@ -87,41 +125,83 @@ def tokenize_documents(docs: list[str], join: str, tokenizer, desc: str = "token
     return np.asarray(ids, dtype=np.int64)
 
 
-def calibration_set(loaded: LoadedRecipe, tokenizer, tokenizer_hash: str) -> CalibrationSet:
+def calibration_set(
+    loaded: LoadedRecipe, tokenizer, tokenizer_hash: str, chat_format: ChatFormat | None = None
+) -> CalibrationSet:
     """Cached token windows for this recipe and tokenizer; builds them on a miss."""
     recipe = loaded.recipe
+    if recipe.chat is not None and chat_format is None:
+        raise CalibrationError(f"{loaded.path}: `chat` needs the project's prompt_template, and none was given")
     docs, where = loaded.documents()
     text_hash = sha256_bytes(recipe.join.join(docs).encode("utf-8"))
-    key = sha256_json({"recipe": recipe.model_dump(mode="json"), "tokenizer": tokenizer_hash, "text": text_hash})
+    parts_of_key: dict[str, object] = {"tokenizer": tokenizer_hash, "text": text_hash}
+    if recipe.chat is not None and chat_format is not None:
+        parts_of_key |= {"recipe": recipe.model_dump(mode="json"), "chat": [chat_format.template, chat_format.system]}
+    else:  # the key a recipe had before `chat` existed, so its cached tokens stay valid
+        parts_of_key["recipe"] = recipe.model_dump(mode="json", exclude={"chat"})
+    key = sha256_json(parts_of_key)
     hit = load_tokens("calibration", key, CalibrationStats)
     if hit is not None:
         log.info("calibration %s: cache hit %s", loaded.name, short(key))
         return CalibrationSet(hit[0], hit[1])
 
     log.info("calibration %s: tokenizing %d documents from %s", loaded.name, len(docs), where)
-    ids = tokenize_documents(docs, recipe.join, tokenizer, desc=f"tokenize {loaded.name}")
-    windows = len(ids) // recipe.seq_len
-    if windows < recipe.samples:
-        need = recipe.samples * recipe.seq_len
-        raise CalibrationError(
-            f"{loaded.path}: {where} gives {len(ids):,} tokens ({windows} windows of {recipe.seq_len}) but "
-            f"samples x seq_len needs {need:,}; fix: lower samples or seq_len, or add text"
-        )
-    chosen = sorted(random.Random(recipe.seed).sample(range(windows), recipe.samples))
-    input_ids = np.stack([ids[i * recipe.seq_len : (i + 1) * recipe.seq_len] for i in chosen])
+    n_chat = 0 if recipe.chat is None else max(1, round(recipe.samples * recipe.chat.fraction))
+    rng = random.Random(recipe.seed)
+    parts, tokens = [], 0
+    if n_chat < recipe.samples:
+        ids = tokenize_documents(docs, recipe.join, tokenizer, desc=f"tokenize {loaded.name}")
+        parts.append(_windows(ids, recipe.samples - n_chat, recipe.seq_len, rng, loaded.path, where))
+        tokens += len(ids)
+    if n_chat:
+        assert recipe.chat is not None and chat_format is not None
+        chats = conversations(loaded, recipe.chat, chat_format, tokenizer)
+        chat_ids = tokenize_documents(chats, "", tokenizer, desc=f"tokenize {loaded.name} conversations")
+        parts.append(_windows(chat_ids, n_chat, recipe.seq_len, rng, loaded.path, f"{where} as conversations"))
+        tokens += len(chat_ids)
     stats = CalibrationStats(
         recipe=loaded.name,
         source=where,
         hash=key,
         documents=len(docs),
         characters=sum(len(d) for d in docs),
-        tokens=int(len(ids)),
+        tokens=tokens,
         samples=recipe.samples,
         seq_len=recipe.seq_len,
         seed=recipe.seed,
+        chat_samples=n_chat,
     )
+    input_ids = np.concatenate(parts)
     store_tokens("calibration", key, input_ids, stats)
     return CalibrationSet(input_ids, stats)
+
+
+def conversations(loaded: LoadedRecipe, chat: ChatMix, chat_format: ChatFormat, tokenizer) -> list[str]:
+    """Each record as one conversation: the prompt template around the record's prompt, the record's text as
+    the reply, closed by the tokenizer's end-of-sequence token as the model's own replies are."""
+    source = loaded.recipe.source
+    records, _ = read_records(source, loaded.path.parent, chat.fields)
+    end = tokenizer.eos_token or ""
+    out = []
+    for record in records:
+        if len(record[source.text_field].strip()) < max(loaded.recipe.min_chars, 1):
+            continue
+        prompt = chat.prompt.format(**record)
+        turn = chat_format.template.format(system=chat_format.system, prompt=prompt)
+        out.append(turn + record[source.text_field] + end)
+    return out
+
+
+def _windows(ids: np.ndarray, count: int, seq_len: int, rng: random.Random, path: Path, where: str) -> np.ndarray:
+    """`count` non-overlapping windows of `seq_len` from one token stream, drawn with `rng`."""
+    windows = len(ids) // seq_len
+    if windows < count:
+        raise CalibrationError(
+            f"{path}: {where} gives {len(ids):,} tokens ({windows} windows of {seq_len}) but {count} samples x "
+            f"seq_len needs {count * seq_len:,}; fix: lower samples or seq_len, or add text"
+        )
+    chosen = sorted(rng.sample(range(windows), count))
+    return np.stack([ids[i * seq_len : (i + 1) * seq_len] for i in chosen])
 
 
 def load_tokens(kind: str, key: str, stats_type: type[StatsT]) -> tuple[np.ndarray, StatsT] | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import formats
 from .basemodel import ResolvedBase, resolve_base
-from .calibration import CalibrationSet, calibration_set, load_recipe
+from .calibration import CalibrationSet, ChatFormat, calibration_set, load_recipe
 from .config import Project, Variant
 from .plan import Planner
 
@@ -60,5 +60,6 @@ class RunContext:
         key = (name, *overrides)
         if key not in self._calibration:
             recipe = load_recipe(self.project.recipe_path(name)).with_overrides(*overrides)
-            self._calibration[key] = calibration_set(recipe, self.tokenizer(), self.base.tokenizer_hash)
+            chat = ChatFormat(self.project.config.prompt_template, self.project.config.system_prompt)
+            self._calibration[key] = calibration_set(recipe, self.tokenizer(), self.base.tokenizer_hash, chat)
         return self._calibration[key]

@@ -237,8 +237,11 @@ def preflight(planner: Planner, variants: list[Variant], out_root: Path, cache: 
         "cache": (cache, shutil.disk_usage(_existing(cache)).free),
     }
     need_out = need_cache = 0
-    fix = "lower samples or seq_len for it, free memory or disk, use a larger machine, or pass --no-preflight"
     for variant in variants:
+        lever = formats.of(variant).memory_lever(variant.spec)
+        fix = (
+            f"lower samples or seq_len for it{lever}, free memory or disk, use a larger machine, or pass --no-preflight"
+        )
         for stage, needs in planner.stage_needs(variant).items():
             ram = needs.ram + PROCESS_RSS
             if available_ram is not None and ram > available_ram:

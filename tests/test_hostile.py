@@ -529,6 +529,16 @@ def test_preflight_refuses_a_build_the_machine_cannot_hold(tmp_path, tiny_model)
     assert not (tmp_path / "out").exists()
 
 
+def test_preflight_names_gptaq_as_the_memory_lever(tmp_path, tiny_model):
+    """GPTAQ keeps the calibration tokens' layer inputs: its refusal says which option to drop."""
+    spec = {"format": "gptq", "bits": 4, "group_size": 32, "gptaq": True, "samples": 200_000}
+    cfg = write_config(tmp_path, tiny_model, [spec])
+    proc = run_cli("build", "--config", str(cfg), "--all", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "(fix: lower samples or seq_len for it, set gptaq: false, free" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_json_has_every_stage_with_ram_and_disk(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "Q4_K_M", "imatrix": "tiny"}])
     row = json.loads(run_cli("plan", "--config", str(cfg), "--json", check=True).stdout)[0]

@@ -170,3 +170,22 @@ def test_predictions_hold_within_two_percent_of_built_files(tmp_path, tiny_model
         measured = sum(f["size"] for f in report["files"] if f["path"].endswith((".safetensors", ".gguf")))
         assert report["predicted_bytes"] == pytest.approx(measured, rel=0.02), folder.name
         assert planned[report["variant"]["name"]]["predicted_bytes"] == report["predicted_bytes"]
+
+
+def test_gptaq_memory_is_planned_and_refused_on_a_long_calibration_set(zephyr_config, tmp_path):
+    """GPTAQ holds every calibration token's unquantized linear inputs: on zephyr's 128 x 4096 wikitext2 recipe
+    plan predicts tens of GB (no 24 GB machine), on 128 x 512 a few; the plain solver's need is unchanged."""
+    doc = yaml.safe_load(zephyr_config.read_text())
+
+    def quantize_gb(**spec) -> float:
+        doc["variants"] = [{"format": "gptq", "bits": 4, "group_size": 128, **spec}]
+        path = zephyr_config.parent / "gptaq.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        project = load_config(path)
+        needs = Planner(project, MISTRAL_7B, None).stage_needs(project.variants[0])
+        return needs["quantize"].ram / 1e9
+
+    plain, gptaq, short = quantize_gb(), quantize_gb(gptaq=True), quantize_gb(gptaq=True, seq_len=512)
+    assert plain < 18.8 and quantize_gb(mse=2.4) == plain
+    assert gptaq - plain == pytest.approx(4 * 128 * 4096 * (3 * 4096 + 14336) / 1e9, rel=0.2) and gptaq > 50
+    assert short < 18.8  # 1.3x zephyr's fp16 size

@@ -74,7 +74,10 @@ def branch_cell(c: CardInputs, v: Variant) -> str:
 
 def calibration_cells(r: Report) -> tuple[str, str]:
     cal = r.inputs.calibration
-    return (cal.recipe, str(cal.seq_len)) if cal else ("-", "-")
+    if cal is None:
+        return "-", "-"
+    chat = f" ({cal.chat_samples} of {cal.samples} samples as chats)" if cal.chat_samples else ""
+    return f"{cal.recipe}{chat}", str(cal.seq_len)
 
 
 def table(head: list[str], base: list[str] | None, rows: list[list[str]]) -> str:

@@ -106,6 +106,10 @@ class Format(ABC):
     def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:  # noqa: B027
         """Refuse, from config.json alone, what this format cannot build (before any work); none by default."""
 
+    def memory_lever(self, spec) -> str:
+        """A spec option that costs memory, named in preflight's fix (", set X: false"); "" when none."""
+        return ""
+
     def engine_inputs(self, spec) -> dict[str, str]:
         """Extra inputs beyond package versions that change the bytes (converter versions...)."""
         return {}

@@ -48,6 +48,18 @@ class GPTQSpec(QuantizedSpec):
         description="act order in the static layout (no run-time reordering); "
         "false writes AutoGPTQ's dynamic layout, which vLLM >= 0.2x refuses",
     )
+    mse: float = Field(
+        2.4,
+        ge=0,
+        description="gptqmodel's scale search: shrink each group's range to minimise the error in this norm "
+        "(2.4 as in the GPTQ paper's code; bench/recipes.py measured 0.79x/0.73x the KLD of min/max scales "
+        "on two texts at the same size and time); 0 keeps min/max scales, the engine's default",
+    )
+    gptaq: bool = Field(
+        False,
+        description="GPTAQ (gptqmodel's GPTQ v2 algorithm, alpha 0.25): also corrects the error carried in "
+        "from earlier quantized layers; the file layout is unchanged (GPTQ v1)",
+    )
 
     @model_validator(mode="after")
     def _gar_alone(self) -> GPTQSpec:
@@ -119,6 +131,8 @@ def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: P
             "sym": spec.sym,
             "true_sequential": spec.true_sequential,
             "static_groups": spec.uses_static_groups,
+            "mse": spec.mse,
+            **({"gptaq": {"alpha": 0.25}} if spec.gptaq else {}),
         },
         input_ids,
         out,
@@ -188,6 +202,10 @@ def _description(spec: GPTQSpec) -> str:
         text += "; act order"
     elif spec.act_group_aware:
         text += "; group-aware act order (GAR, no run-time reordering)"
+    if spec.mse:
+        text += f"; scales by error search (norm {spec.mse:g})"
+    if spec.gptaq:
+        text += "; GPTAQ"
     if spec.bits == 8:
         text += "; 8-bit is close to the unquantized model at about twice the 4-bit size"
     return text + "."
@@ -210,6 +228,19 @@ class GPTQ(GPTQModelFormat):
 
     def predict_bytes(self, planner, spec: GPTQSpec) -> int:
         return predict_bytes(planner.config, spec)
+
+    def memory_lever(self, spec: GPTQSpec) -> str:
+        return ", set gptaq: false" if spec.gptaq else ""
+
+    def extra_acts(self, planner, spec: GPTQSpec, tokens: int) -> int:
+        """GPTAQ keeps every calibration token's unquantized input to each of a layer's linears (attention,
+        o_proj, gate/up, down) while the layer is solved: 4 bytes per value gives 0.86 GB for SmolLM2 on
+        128 x 512 tokens, measured +0.96 GB (bench/README.md section 8). At 7B on 128 x 4096 tokens it is
+        56 GB, so GPTAQ suits short calibration sets there and is not a default."""
+        if not spec.gptaq:
+            return 0
+        c = planner.config
+        return 4 * tokens * (3 * c["hidden_size"] + c["intermediate_size"])
 
     def support(self, spec: GPTQSpec) -> list[Support]:
         rows = [

@@ -60,7 +60,9 @@ class GPTQModelFormat(Format):
         16-bit model is assumed."""
         work = self.plan_work(planner, variant)
         samples = variant.spec.samples or planner.recipe(variant.calibration).samples
-        acts = 2 * 2 * samples * work.seq_len * planner.config["hidden_size"]
+        acts = 2 * 2 * samples * work.seq_len * planner.config["hidden_size"] + self.extra_acts(
+            planner, variant.spec, samples * work.seq_len
+        )
         size = self.predict_bytes(planner, variant.spec) or 0
         if planner.gpu:
             quantize = Needs(ram=planner.fp16_bytes, vram=planner.layer_bytes(2) + acts, disk_out=size)
@@ -69,6 +71,10 @@ class GPTQModelFormat(Format):
         layers = 3 * planner.layer_bytes(4) + head + acts
         quantize = Needs(ram=max(layers, size + head + planner.layer_bytes(4)), disk_out=size)
         return {"quantize": quantize, "check": planner.check_needs(int(2.5 * size))}
+
+    def extra_acts(self, planner, spec, tokens: int) -> int:
+        """Activation memory a recipe option adds for the `tokens` calibration tokens (none by default)."""
+        return 0
 
     def build(self, job: BuildJob) -> EngineResult:
         with job.stages.stage("quantize"):
