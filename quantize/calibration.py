@@ -23,7 +23,7 @@ from .hashing import sha256_bytes, sha256_json, short
 from .paths import atomic_target, cache_dir, exclusive, write_atomic
 from .progress import bar
 from .records import CalibrationStats
-from .textsource import TextSource, read_documents, read_records
+from .textsource import Record, TextSource, read_records
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ class LoadedRecipe:
     def documents(self) -> tuple[list[str], str]:
         return collect_text(self.recipe.source, self.recipe.min_chars, self.path)
 
+    def records(self) -> tuple[list[Record], str]:
+        """The documents with the fields the chat prompt needs (none without `chat`), read once."""
+        fields = self.recipe.chat.fields if self.recipe.chat else ()
+        return collect_records(self.recipe.source, self.recipe.min_chars, self.path, fields)
+
     def with_overrides(self, samples: int | None, seq_len: int | None) -> LoadedRecipe:
         update = {k: v for k, v in {"samples": samples, "seq_len": seq_len}.items() if v is not None}
         return LoadedRecipe(self.name, self.path, self.recipe.model_copy(update=update))
@@ -106,11 +111,19 @@ def load_recipe(path: Path) -> LoadedRecipe:
 def collect_text(source: TextSource, min_chars: int, file: Path) -> tuple[list[str], str]:
     """The documents of a text source (a calibration recipe's or an eval suite's, declared in `file`)
     after the length filter, and where they came from: the one text step both token pipelines share."""
-    docs, where = read_documents(source, file.parent)
-    docs = [d for d in docs if len(d.strip()) >= max(min_chars, 1)]
-    if not docs:
+    records, where = collect_records(source, min_chars, file, ())
+    return [r[source.text_field] for r in records], where
+
+
+def collect_records(
+    source: TextSource, min_chars: int, file: Path, fields: tuple[str, ...]
+) -> tuple[list[Record], str]:
+    """`collect_text` with each document's extra `fields` kept beside its text."""
+    records, where = read_records(source, file.parent, fields)
+    records = [r for r in records if len(r[source.text_field].strip()) >= max(min_chars, 1)]
+    if not records:
         raise CalibrationError(f"{file}: no documents left after min_chars={min_chars} from {where}")
-    return docs, where
+    return records, where
 
 
 def tokenize_documents(docs: list[str], join: str, tokenizer, desc: str = "tokenize") -> np.ndarray:
@@ -132,11 +145,13 @@ def calibration_set(
     recipe = loaded.recipe
     if recipe.chat is not None and chat_format is None:
         raise CalibrationError(f"{loaded.path}: `chat` needs the project's prompt_template, and none was given")
-    docs, where = loaded.documents()
+    records, where = loaded.records()
+    docs = [r[recipe.source.text_field] for r in records]
+    chats = conversations(records, recipe, chat_format, tokenizer) if chat_format and recipe.chat else []
     text_hash = sha256_bytes(recipe.join.join(docs).encode("utf-8"))
     parts_of_key: dict[str, object] = {"tokenizer": tokenizer_hash, "text": text_hash}
-    if recipe.chat is not None and chat_format is not None:
-        parts_of_key |= {"recipe": recipe.model_dump(mode="json"), "chat": [chat_format.template, chat_format.system]}
+    if chats:  # the rendered conversations carry the template, the system prompt and the records' fields
+        parts_of_key |= {"recipe": recipe.model_dump(mode="json"), "chat": sha256_bytes("".join(chats).encode())}
     else:  # the key a recipe had before `chat` existed, so its cached tokens stay valid
         parts_of_key["recipe"] = recipe.model_dump(mode="json", exclude={"chat"})
     key = sha256_json(parts_of_key)
@@ -154,8 +169,6 @@ def calibration_set(
         parts.append(_windows(ids, recipe.samples - n_chat, recipe.seq_len, rng, loaded.path, where))
         tokens += len(ids)
     if n_chat:
-        assert recipe.chat is not None and chat_format is not None
-        chats = conversations(loaded, recipe.chat, chat_format, tokenizer)
         chat_ids = tokenize_documents(chats, "", tokenizer, desc=f"tokenize {loaded.name} conversations")
         parts.append(_windows(chat_ids, n_chat, recipe.seq_len, rng, loaded.path, f"{where} as conversations"))
         tokens += len(chat_ids)
@@ -176,19 +189,15 @@ def calibration_set(
     return CalibrationSet(input_ids, stats)
 
 
-def conversations(loaded: LoadedRecipe, chat: ChatMix, chat_format: ChatFormat, tokenizer) -> list[str]:
+def conversations(records: list[Record], recipe: Recipe, chat_format: ChatFormat, tokenizer) -> list[str]:
     """Each record as one conversation: the prompt template around the record's prompt, the record's text as
     the reply, closed by the tokenizer's end-of-sequence token as the model's own replies are."""
-    source = loaded.recipe.source
-    records, _ = read_records(source, loaded.path.parent, chat.fields)
+    assert recipe.chat is not None
     end = tokenizer.eos_token or ""
     out = []
     for record in records:
-        if len(record[source.text_field].strip()) < max(loaded.recipe.min_chars, 1):
-            continue
-        prompt = chat.prompt.format(**record)
-        turn = chat_format.template.format(system=chat_format.system, prompt=prompt)
-        out.append(turn + record[source.text_field] + end)
+        turn = chat_format.template.format(system=chat_format.system, prompt=recipe.chat.prompt.format(**record))
+        out.append(turn + record[recipe.source.text_field] + end)
     return out
 
 

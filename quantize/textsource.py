@@ -56,12 +56,6 @@ class TextSource(Strict):
 Record = dict[str, str]
 
 
-def read_documents(source: TextSource, base_dir: Path) -> tuple[list[str], str]:
-    """All documents of the source (after holdout selection) and a description of where they came from."""
-    records, where = read_records(source, base_dir, ())
-    return [r[source.text_field] for r in records], where
-
-
 def read_records(source: TextSource, base_dir: Path, fields: tuple[str, ...]) -> tuple[list[Record], str]:
     """Each document as its `text_field` plus `fields` (chat calibration builds prompts from them), after
     holdout selection, and where they came from."""
@@ -103,7 +97,7 @@ def _read_hub(source: TextSource, fields: tuple[str, ...]) -> list[Record]:
     import datasets
 
     hub = source.hub
-    assert hub is not None  # read_documents calls this only for a hub source
+    assert hub is not None  # read_records calls this only for a hub source
     log.info("loading dataset %s/%s split %s", hub.path, hub.name, hub.split)
     try:
         data = datasets.load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision)
