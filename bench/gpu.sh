@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU run (under 8 minutes on an H100/H200): the SmolLM2 matrix (GPTQ + GGUF, imatrix
 # included) built and checked on CUDA, then 1- and 2-layer zephyr-7B-shaped GPTQ and AWQ timings
-# (bench/sim7b.py), printed as one JSON object on stdout (logs go to stderr and bench/results/).
+# and AutoRound memory (bench/sim7b.py), printed as one JSON object on stdout (logs go to stderr and bench/results/).
 #
 #   bash bench/gpu.sh > bench/results/gpu.json
 #
@@ -23,7 +23,7 @@ matrix_s=$(( $(date +%s) - start ))
 $python -m quantize plan --config examples/smollm2.yaml --json > "$out/plan.json"
 
 start=$(date +%s)
-$python bench/sim7b.py --format gptq awq --layers 1 2 --samples 32 --seq-len 512 >&2
+$python bench/sim7b.py --format gptq awq gptq-autoround --layers 1 2 --samples 32 --seq-len 512 >&2
 sim_s=$(( $(date +%s) - start ))
 
 $python - "$out" "$matrix_s" "$sim_s" <<'PY'

@@ -18,7 +18,10 @@ Studies (--study):
   gptq   4-bit g32 (SmolLM2's 576-wide layers do not divide by 128): the plain recipe (act
          order in the static layout, damp 0.1, 128 x 512 tokens of Wikipedia summaries) and one
          change each (GPTQ_RECIPES); every file has the same size, only quality and time differ
-  awq    4-bit g32: the plain recipe and the calibration changes (AWQ has no solver options)
+  awq    4-bit g32: the plain recipe, the calibration changes (gptqmodel's AWQ has no solver
+         options) and AutoRound's AutoAWQ export
+  gptq-g64  4-bit g64, the coarsest group SmolLM2 takes: plain, mse-2.4 and AutoRound
+  awq-g64   4-bit g64 (the example's AWQ branch): plain and AutoRound
 
 A recipe differs from the plain one in its spec, not its name, so each has its own project
 folder (work/recipes/STUDY/RECIPE); all share one cache (calibration tokens, base log-probs).
@@ -28,7 +31,7 @@ block already lies on a 4-bit grid with a minimum, which favours types with a mi
 (Q4_1/Q5_1, k-quants) over symmetric ones; read the GGUF rows with that in mind. Results:
 results/recipes.json and bench/README.md section 8.
 
-    nice -n 10 .venv/bin/python bench/recipes.py [--study gguf|gptq|awq] [--windows 16] [--recipes a b]
+    nice -n 10 .venv/bin/python bench/recipes.py [--study gguf|gptq|awq|gptq-g64|awq-g64] [--windows 16] [--recipes a b]
 """
 
 from __future__ import annotations
@@ -83,14 +86,29 @@ GPTQ_RECIPES: dict[str, dict] = {
         "mse-2.4+gptaq": {"mse": 2.4, "gptaq": True},
     }.items()
 }
+# AutoRound replaces gptqmodel's solver, so its recipes drop gptqmodel's options (GPTQ_PLAIN). On 2 cores a
+# SmolLM2 file takes 9 to 14 minutes at 50 tuning steps per block, so AutoRound's default 200 (about 4x) is
+# the separate "autoround-200" row.
+AUTOROUND = {"iters": 50}
+GPTQ_RECIPES["autoround"] = {"autoround": AUTOROUND}
+GPTQ_RECIPES["autoround-200"] = {"autoround": {"iters": 200}}
 AWQ_RECIPES: dict[str, dict] = {
     "plain": {},
     "chat-mix": {"calibration": "wiki-summaries-chat"},
     "samples-256": {"samples": 256},
+    "autoround": {"autoround": AUTOROUND},
 }
 STUDIES = {
     "gptq": ({"format": "gptq", "bits": 4, "group_size": 32}, GPTQ_RECIPES),
     "awq": ({"format": "awq", "bits": 4, "group_size": 32}, AWQ_RECIPES),
+    # The coarsest group SmolLM2's widths take (g128 does not divide 576): do the g32 findings carry over?
+    "gptq-g64": (
+        {"format": "gptq", "bits": 4, "group_size": 64},
+        {name: GPTQ_RECIPES[name] for name in ("plain", "mse-2.4", "autoround")},
+    ),
+    # g64 groups straddle two of the Q4_1 blocks SmolLM2's weights come from (see above), so an asymmetric
+    # 4-bit grid cannot reproduce them: the control for the g32 AWQ rows; also the example's AWQ branch
+    "awq-g64": ({"format": "awq", "bits": 4, "group_size": 64}, {n: AWQ_RECIPES[n] for n in ("plain", "autoround")}),
 }
 
 

@@ -67,9 +67,21 @@ ZEPHYR = dict(
 )
 ZEPHYR_PARAMS = 7_241_732_096  # zephyr-7b-beta's parameter count (32 layers), for the F16 size check
 VARIANTS = {
-    "gptq": ("gptq-4bit-128g", {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "damp_percent": 0.1}),
-    "awq": ("awq-4bit-128g", {"format": "awq", "bits": 4, "group_size": 128}),
-    "gguf": ("gguf-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M"}),
+    "gptq": (
+        "gptq-4bit-128g",
+        {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "damp_percent": 0.1, "default": True},
+    ),
+    "awq": ("awq-4bit-128g", {"format": "awq", "bits": 4, "group_size": 128, "default": True}),
+    # memory, not quality: one tuning step per block keeps a 7B-wide layer to minutes on 2 cores
+    "gptq-autoround": (
+        "gptq-4bit-128g-autoround",
+        {"format": "gptq", "bits": 4, "group_size": 128, "autoround": {"iters": 1}},
+    ),
+    "awq-autoround": (
+        "awq-4bit-128g-autoround",
+        {"format": "awq", "bits": 4, "group_size": 128, "autoround": {"iters": 1}},
+    ),
+    "gguf": ("gguf-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M", "imatrix": False}),
     "gguf-i1": ("gguf-i1-q4_k_m", {"format": "gguf", "quant_type": "Q4_K_M", "imatrix": "sim"}),
 }
 

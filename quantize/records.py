@@ -27,6 +27,7 @@ TRACKED_PACKAGES = (
     "torch",
     "transformers",
     "gptqmodel",
+    "auto-round",
     "tokenizers",
     "safetensors",
     "gguf",

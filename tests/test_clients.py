@@ -31,7 +31,10 @@ SET_A = [
     {"format": "gptq", "bits": 4, "group_size": 128, "desc_act": False},
     {"format": "gptq", "bits": 4, "group_size": -1},
     {"format": "gptq", "bits": 8, "group_size": 128},
-    {"format": "awq", "bits": 4, "group_size": 128},
+    {"format": "awq", "bits": 4, "group_size": 128, "default": True},
+    # AutoRound's exports of the same layouts (a few tuning steps: the layout is under test, not the tuning)
+    {"format": "gptq", "bits": 4, "group_size": 32, "autoround": {"iters": 4}},
+    {"format": "awq", "bits": 4, "group_size": 32, "autoround": {"iters": 4}},
 ]
 SET_B = [{"format": "gptq", "bits": 4, "group_size": 32, "static_groups": False}]  # AutoGPTQ's dynamic act order
 
@@ -109,6 +112,8 @@ def hf_token_logprobs(folder, spec, windows) -> np.ndarray:
             "gptq-4bit--1g-actorder_True",
             "gptq-8bit-128g-actorder_True",
             "awq-4bit-128g",
+            "gptq-4bit-32g-autoround",
+            "awq-4bit-32g-autoround",
         )
     ]
     + ["b:gptq-4bit-32g-actorder_True"],

@@ -189,3 +189,22 @@ def test_gptaq_memory_is_planned_and_refused_on_a_long_calibration_set(zephyr_co
     assert plain < 18.8 and quantize_gb(mse=2.4) == plain
     assert gptaq - plain == pytest.approx(4 * 128 * 4096 * (3 * 4096 + 14336) / 1e9, rel=0.2) and gptaq > 50
     assert short < 18.8  # 1.3x zephyr's fp16 size
+
+
+def test_autoround_memory_grows_with_depth_past_a_24gb_machine_at_7b(zephyr_config):
+    """AutoRound keeps each finished block in memory (formats/autoround.py, fitted to bench/sim7b.py): at 7B it
+    needs more than 1.3x fp16 for either export, more for AWQ (whole model loaded) than for GPTQ (streamed),
+    while gptqmodel's GPTQ fits."""
+    doc = yaml.safe_load(zephyr_config.read_text())
+
+    def quantize_gb(fmt: str, **spec) -> float:
+        doc["variants"] = [{"format": fmt, "bits": 4, "group_size": 128, **spec}]
+        path = zephyr_config.parent / "autoround.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        project = load_config(path)
+        return Planner(project, MISTRAL_7B, None).stage_needs(project.variants[0])["quantize"].ram / 1e9
+
+    gptq, awq, plain = quantize_gb("gptq", autoround={}), quantize_gb("awq", autoround={}), quantize_gb("gptq")
+    fp16 = 2 * 7_241_732_096 / 1e9
+    assert plain < 1.3 * fp16 < gptq < awq
+    assert quantize_gb("gptq", autoround={}, seq_len=512) < gptq  # the cached block inputs and outputs

@@ -60,7 +60,7 @@ def _title(c: CardInputs) -> str:
         lines.append(f"- Model creator: {creator}")
     if base.id:
         lines.append(f"- Original model: [{base.display_name}]({HUB}/{base.id})")
-    made = fmt.card_engine(c.rows[0].report.versions)
+    made = fmt.card_engine(c.rows)
     ev = next((r.report.checks.eval for r in c.rows if r.report.checks), None)
     lines += [
         "",

@@ -11,14 +11,22 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from ..card.markdown import Row
 from ..config import QuantizedSpec
 from ..errors import EngineError
 from ..sizes import model_tensors, safetensors_bytes
+from .autoround import AutoRoundSpec, autoround_description, run_autoround
 from .clients import TRANSFORMERS, VLLM_CPU, Support
-from .gptqmodel import EngineResult, GPTQModelFormat, publish_configs, run_gptqmodel, written_quantize_config
+from .gptqmodel import (
+    EngineResult,
+    GPTQModelFormat,
+    engine_config,
+    publish_configs,
+    run_gptqmodel,
+    written_quantize_config,
+)
 
 
 class AWQSpec(QuantizedSpec):
@@ -26,6 +34,9 @@ class AWQSpec(QuantizedSpec):
     bits: Literal[4] = 4
     zero_point: bool = True
     version: Literal["gemm"] = "gemm"
+    autoround: AutoRoundSpec | None = Field(
+        None, description="tune with AutoRound instead of gptqmodel's AWQ (formats/autoround.py); same file layout"
+    )
 
     @field_validator("group_size")
     @classmethod
@@ -73,6 +84,11 @@ def predict_bytes(config: dict, spec: AWQSpec) -> int:
 
 
 def quantize_awq(base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+    if spec.autoround:
+        result = run_autoround(
+            base_path, spec.autoround, spec.bits, spec.group_size, not spec.zero_point, "awq", input_ids, out
+        )
+        return _publish(out, spec, result, engine_config(out), "auto-round")
     result = run_gptqmodel(
         base_path,
         {
@@ -85,14 +101,18 @@ def quantize_awq(base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Pat
         input_ids,
         out,
     )
-    written = written_quantize_config(out)
+    return _publish(out, spec, result, written_quantize_config(out), "gptqmodel")
+
+
+def _publish(out: Path, spec: AWQSpec, result: EngineResult, written: dict, engine: str) -> EngineResult:
+    """Check what the engine wrote is the layout asked for, then put the published configs over its own."""
     if (
         written.get("quant_method") != "awq"
         or written.get("zero_point") != spec.zero_point
         or str(written.get("version", "")).lower() != spec.version
     ):
         raise EngineError(
-            f"gptqmodel wrote awq={written.get('quant_method')} zero_point={written.get('zero_point')} "
+            f"{engine} wrote awq={written.get('quant_method')} zero_point={written.get('zero_point')} "
             f"version={written.get('version')}, expected zero_point={spec.zero_point} {spec.version}"
         )
     hf, autoawq = awq_configs(spec)
@@ -110,7 +130,7 @@ class AWQ(GPTQModelFormat):
     config_files = "`quant_config.json` and `config.json` carry the same parameters (GEMM, zero point)."
 
     def names(self, spec: AWQSpec) -> tuple[str, str]:
-        name = f"awq-{spec.bits}bit-{spec.group_size}g"
+        name = f"awq-{spec.bits}bit-{spec.group_size}g" + ("-autoround" if spec.autoround else "")
         return name, name
 
     def predict_bytes(self, planner, spec: AWQSpec) -> int:
@@ -128,4 +148,5 @@ class AWQ(GPTQModelFormat):
 
     def card_row(self, r: Row) -> tuple[str, str, str]:
         spec = r.variant.spec
-        return "-", "-", f"AWQ {spec.bits}-bit, group size {spec.group_size}, zero point, GEMM."
+        tuned = f"; {autoround_description(spec.autoround)}" if spec.autoround else ""
+        return "-", "-", f"AWQ {spec.bits}-bit, group size {spec.group_size}, zero point, GEMM{tuned}."

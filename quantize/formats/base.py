@@ -158,8 +158,8 @@ class Format(ABC):
     def card_tags(self, rows: list[Row]) -> list[str]: ...
 
     @abstractmethod
-    def card_engine(self, versions: dict[str, str]) -> str:
-        """`gptqmodel 7.7.0`: what made the files, for the card's description."""
+    def card_engine(self, rows: list[Row]) -> str:
+        """`gptqmodel 7.7.0`: what made the files (as their reports record), for the card's description."""
 
     @abstractmethod
     def card_provided(self, c: CardInputs) -> str: ...

@@ -27,8 +27,12 @@ from ..config import QuantizedSpec
 from ..errors import EngineError
 from ..shapes import needs_slow_cpu_kernel
 from ..sizes import model_tensors, safetensors_bytes
+from .autoround import AutoRoundSpec, autoround_description, run_autoround
 from .clients import TRANSFORMERS, VLLM_CPU, Support
 from .gptqmodel import EngineResult, GPTQModelFormat, publish_configs, run_gptqmodel, written_quantize_config
+
+# gptqmodel's GPTQ solver options, which AutoRound does not take.
+GPTQMODEL_ONLY = ("desc_act", "damp_percent", "act_group_aware", "static_groups", "mse", "gptaq", "true_sequential")
 
 
 class GPTQSpec(QuantizedSpec):
@@ -60,6 +64,23 @@ class GPTQSpec(QuantizedSpec):
         description="GPTAQ (gptqmodel's GPTQ v2 algorithm, alpha 0.25): also corrects the error carried in "
         "from earlier quantized layers; the file layout is unchanged (GPTQ v1)",
     )
+    autoround: AutoRoundSpec | None = Field(
+        None,
+        description="tune with AutoRound instead of gptqmodel's GPTQ solver (formats/autoround.py); same file "
+        "layout, written without act order",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _autoround_alone(cls, data):
+        """AutoRound has no act order, damping or scale search: gptqmodel's options are refused with it, not
+        ignored, and act order defaults to off so its name and branch say what the file is."""
+        if not isinstance(data, dict) or data.get("autoround") is None:
+            return data
+        given = [key for key in GPTQMODEL_ONLY if key in data and not (key == "desc_act" and data[key] is False)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: gptqmodel's GPTQ options; remove them or autoround")
+        return {**data, "desc_act": False, "mse": 0.0, "true_sequential": False}
 
     @model_validator(mode="after")
     def _gar_alone(self) -> GPTQSpec:
@@ -120,6 +141,19 @@ def predict_bytes(config: dict, spec: GPTQSpec) -> int:
 
 
 def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+    if spec.autoround:
+        result = run_autoround(base_path, spec.autoround, spec.bits, spec.group_size, spec.sym, "gptq", input_ids, out)
+    else:
+        result = _solve(base_path, spec, input_ids, out)
+    if not spec.dynamic_act_order:
+        check_plain_g_idx(out, spec.group_size)
+    config = autogptq_config(spec)
+    publish_configs(out, config, {"quantize_config.json": config})
+    return result
+
+
+def _solve(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+    """gptqmodel's GPTQ solver, and a check that it wrote the v1 checkpoint asked for."""
     result = run_gptqmodel(
         base_path,
         {
@@ -143,10 +177,6 @@ def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: P
             f"gptqmodel wrote {written.get('checkpoint_format')} {written.get('bits')}-bit, "
             f"expected gptq v1 {spec.bits}-bit"
         )
-    if not spec.dynamic_act_order:
-        check_plain_g_idx(out, spec.group_size)
-    config = autogptq_config(spec)
-    publish_configs(out, config, {"quantize_config.json": config})
     return result
 
 
@@ -186,15 +216,20 @@ def act_order_cell(spec: GPTQSpec) -> str:
     return "True (dynamic)" if spec.dynamic_act_order else "True (static)"
 
 
-def _description(spec: GPTQSpec) -> str:
-    grouping = {
+def _grouping(spec: GPTQSpec) -> str:
+    return {
         -1: "No grouping: the smallest file at this bit width, the least accurate",
         32: "Group size 32: the most accurate at this bit width, the largest file",
         64: "Group size 64: between 32g and 128g in accuracy and size",
         128: "Group size 128: the usual balance of accuracy and size",
     }.get(spec.group_size, f"Group size {spec.group_size}")
-    text = grouping
-    if spec.dynamic_act_order:
+
+
+def _description(spec: GPTQSpec) -> str:
+    text = _grouping(spec)
+    if spec.autoround:
+        text += "; " + autoround_description(spec.autoround)
+    elif spec.dynamic_act_order:
         text += "; act order, dynamic layout (AutoGPTQ's; vLLM 0.32 refuses it)"
     elif spec.desc_act and spec.group_size != -1:
         text += "; act order, static groups (no run-time reordering; `desc_act: false` in the config)"
@@ -221,6 +256,9 @@ class GPTQ(GPTQModelFormat):
     config_files = "`quantize_config.json` and `config.json` carry the same parameters (`checkpoint_format: gptq`)."
 
     def names(self, spec: GPTQSpec) -> tuple[str, str]:
+        if spec.autoround:  # apart from gptqmodel's files of the same bits and groups
+            name = short_name(spec.bits, spec.group_size, True) + "-autoround"
+            return name, name
         return (
             short_name(spec.bits, spec.group_size, spec.desc_act),
             branch(spec.bits, spec.group_size, spec.desc_act),
@@ -295,4 +333,5 @@ class GPTQ(GPTQModelFormat):
 
     def card_row(self, r: Row) -> tuple[str, str, str]:
         spec = r.variant.spec
-        return act_order_cell(spec), f"{spec.damp_percent:g}", _description(spec)
+        damp = "-" if spec.autoround else f"{spec.damp_percent:g}"
+        return act_order_cell(spec), damp, _description(spec)

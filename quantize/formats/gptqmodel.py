@@ -27,7 +27,10 @@ from ..card.markdown import CardInputs, Row, base_ppl, branch_cell, calibration_
 from ..devices import compute_device
 from ..errors import EngineError
 from ..outputs import assert_no_local_paths, write_json
+from ..records import package_versions
 from ..shapes import check_group_size
+from .autoround import PACKAGE as AUTOROUND
+from .autoround import autoround_needs
 from .base import BuildJob, EngineResult, Format, Needs, PlanWork
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,11 @@ class GPTQModelFormat(Format):
         recipe = planner.recipe(variant.calibration)
         seq_len = variant.spec.seq_len or recipe.seq_len
         samples = variant.spec.samples or recipe.samples
-        return PlanWork("model.safetensors", f"{samples} x {seq_len} tokens of {variant.calibration}", seq_len)
+        work = f"{samples} x {seq_len} tokens of {variant.calibration}"
+        tuned = variant.spec.autoround
+        if tuned:
+            work = f"AutoRound, {tuned.iters} steps per block, on {work}"
+        return PlanWork("model.safetensors", work, seq_len)
 
     def stage_needs(self, planner, variant) -> dict[str, Needs]:
         """gptqmodel offloads the model to disk (run_gptqmodel gives it a folder) and brings in one layer at a
@@ -64,6 +71,9 @@ class GPTQModelFormat(Format):
             planner, variant.spec, samples * work.seq_len
         )
         size = self.predict_bytes(planner, variant.spec) or 0
+        if variant.spec.autoround:
+            quantize = autoround_needs(planner, samples * work.seq_len, size, self.name)
+            return {"quantize": quantize, "check": planner.check_needs(size if planner.gpu else int(2.5 * size))}
         if planner.gpu:
             quantize = Needs(ram=planner.fp16_bytes, vram=planner.layer_bytes(2) + acts, disk_out=size)
             return {"quantize": quantize, "check": planner.check_needs(size)}
@@ -99,8 +109,18 @@ class GPTQModelFormat(Format):
     def card_tags(self, rows: list[Row]) -> list[str]:
         return [self.name, "quantized", f"{min(r.variant.spec.bits for r in rows)}-bit"]
 
-    def card_engine(self, versions: dict[str, str]) -> str:
-        return f"gptqmodel {versions.get('gptqmodel', '')}".strip()
+    def engine_inputs(self, spec) -> dict[str, str]:
+        """An AutoRound variant's bytes also depend on auto-round's version."""
+        return {AUTOROUND: package_versions().get(AUTOROUND, "?")} if spec.autoround else {}
+
+    def card_engine(self, rows: list[Row]) -> str:
+        """gptqmodel, auto-round, or both, as the variants on this card were made."""
+        made = []
+        for tuned, package in ((False, "gptqmodel"), (True, AUTOROUND)):
+            used = [r for r in rows if bool(r.variant.spec.autoround) is tuned]
+            if used:
+                made.append(f"{package} {used[0].report.versions.get(package, '')}".strip())
+        return " and ".join(made)
 
     @abstractmethod
     def card_row(self, r: Row) -> tuple[str, str, str]:
@@ -296,9 +316,15 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
         del model
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    finish_folder(base_path, out)
+    return EngineResult(device=device, dtype="float16", module_losses=_take_loss_log(out))
+
+
+def finish_folder(base_path: Path, out: Path) -> None:
+    """What every engine's folder gets before its configs are published: the base's tokenizer files, and
+    unquantized tensors in float16 (engines save them in their compute dtype)."""
     _copy_tokenizer(base_path, out)
     _cast_to_float16(out)
-    return EngineResult(device=device, dtype="float16", module_losses=_take_loss_log(out))
 
 
 def publish_configs(
@@ -318,6 +344,11 @@ def publish_configs(
 
 def written_quantize_config(out: Path) -> dict:
     return json.loads((out / "quantize_config.json").read_text())
+
+
+def engine_config(out: Path) -> dict:
+    """`config.json`'s quantization_config as the engine wrote it (before publish_configs replaces it)."""
+    return json.loads((out / "config.json").read_text()).get("quantization_config", {})
 
 
 def _copy_tokenizer(base_path: Path, out: Path) -> None:

@@ -354,7 +354,8 @@ class MLX(Format):
     def card_tags(self, rows: list[Row]) -> list[str]:
         return ["mlx", "quantized", "mlx-lm"]
 
-    def card_engine(self, versions: dict[str, str]) -> str:
+    def card_engine(self, rows: list[Row]) -> str:
+        versions = rows[0].report.versions
         return f"mlx-lm {versions.get('mlx-lm', '')} (mlx {versions.get('mlx', '')})"
 
     def card_provided(self, c: CardInputs) -> str:

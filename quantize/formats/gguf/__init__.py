@@ -373,8 +373,8 @@ class GGUF(Format):
     def card_tags(self, rows: list[Row]) -> list[str]:
         return ["gguf", "quantized", "llama.cpp"]
 
-    def card_engine(self, versions: dict[str, str]) -> str:
-        return f"llama.cpp (llama-cpp-python) {versions.get('llama-cpp-python', '')}".strip()
+    def card_engine(self, rows: list[Row]) -> str:
+        return f"llama.cpp (llama-cpp-python) {rows[0].report.versions.get('llama-cpp-python', '')}".strip()
 
     def card_provided(self, c: CardInputs) -> str:
         head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", "PPL", "Δ PPL", "KLD", "Use case"]
