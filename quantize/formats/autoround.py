@@ -64,12 +64,12 @@ def autoround_needs(planner, tokens: int, size: int, method: str) -> Needs:
     loaded whole (AWQ, see `_streamed`), 2x. Both grow with depth; gptqmodel's solvers do not. On a GPU the
     blocks and activations go to the device and the rest stays in host memory (not measured here)."""
     c = planner.config
-    fixed = IMPORTS + 2 * 4 * c["vocab_size"] * c["hidden_size"] + int(3.5 * planner.layer_bytes(4))
-    acts = 2 * 2 * tokens * c["hidden_size"]
+    host = IMPORTS + 2 * 4 * c["vocab_size"] * c["hidden_size"]
     held = int((1.6 if STREAMED[method] else 2.0) * c["num_hidden_layers"] * planner.layer_bytes(2))
+    tuning = int(3.5 * planner.layer_bytes(4)) + 2 * 2 * tokens * c["hidden_size"]
     if planner.gpu:
-        return Needs(ram=held + 2 * 4 * c["vocab_size"] * c["hidden_size"], vram=fixed + acts, disk_out=size)
-    return Needs(ram=fixed + acts + held, disk_out=size)
+        return Needs(ram=host + held, vram=tuning, disk_out=size)
+    return Needs(ram=host + held + tuning, disk_out=size)
 
 
 def autoround_description(options: AutoRoundSpec) -> str:
