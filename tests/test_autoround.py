@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import run_cli, write_config
 from safetensors import safe_open
+from test_awq_build import autoawq_quant_config
 from test_gptq_build import AUTOGPTQ_KEYS
 
 AUTOROUND = {"iters": 4, "batch_size": 4}
@@ -42,12 +43,7 @@ def test_published_configs_are_the_layouts_readers_know(built):
     assert config["quantization_config"]["desc_act"] is False and config["quantization_config"]["sym"] is True
     assert json.loads((gptq / "quantize_config.json").read_text()) == config["quantization_config"]
     awq = built["out"] / "awq-4bit-32g-autoround"
-    assert json.loads((awq / "quant_config.json").read_text()) == {
-        "zero_point": True,
-        "q_group_size": 32,
-        "w_bit": 4,
-        "version": "GEMM",
-    }
+    assert json.loads((awq / "quant_config.json").read_text()) == autoawq_quant_config(32)
     for folder in (gptq, awq):
         assert not (folder / "quantization_config.json").exists()  # AutoRound's own copy is not published
         text = (folder / "config.json").read_text()

@@ -13,6 +13,11 @@ from safetensors.torch import load_file, save_file
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # column held by each nibble of a GEMM qweight word
 
 
+def autoawq_quant_config(group_size: int) -> dict:
+    """`quant_config.json` as TheBloke's AWQ repos (AutoAWQ) have it, for a 4-bit GEMM file."""
+    return {"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM"}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model):
     work = tmp_path_factory.mktemp("awq")
@@ -28,12 +33,7 @@ def built(tmp_path_factory, tiny_model):
 
 def test_configs_are_what_autoawq_clients_and_transformers_read(built):
     folder = built["out"] / "awq-4bit-128g"
-    assert json.loads((folder / "quant_config.json").read_text()) == {
-        "zero_point": True,
-        "q_group_size": 128,
-        "w_bit": 4,
-        "version": "GEMM",
-    }
+    assert json.loads((folder / "quant_config.json").read_text()) == autoawq_quant_config(128)
     config = json.loads((folder / "config.json").read_text())
     assert config["quantization_config"] == {
         "quant_method": "awq",

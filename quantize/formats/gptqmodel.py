@@ -67,20 +67,19 @@ class GPTQModelFormat(Format):
         16-bit model is assumed."""
         work = self.plan_work(planner, variant)
         samples = variant.spec.samples or planner.recipe(variant.calibration).samples
-        acts = 2 * 2 * samples * work.seq_len * planner.config["hidden_size"] + self.extra_acts(
-            planner, variant.spec, samples * work.seq_len
-        )
+        tokens = samples * work.seq_len
         size = self.predict_bytes(planner, variant.spec) or 0
+        check = planner.check_needs(size if planner.gpu else int(2.5 * size))
         if variant.spec.autoround:
-            quantize = autoround_needs(planner, samples * work.seq_len, size, self.name)
-            return {"quantize": quantize, "check": planner.check_needs(size if planner.gpu else int(2.5 * size))}
+            return {"quantize": autoround_needs(planner, tokens, size, self.name), "check": check}
+        acts = 2 * 2 * tokens * planner.config["hidden_size"] + self.extra_acts(planner, variant.spec, tokens)
         if planner.gpu:
             quantize = Needs(ram=planner.fp16_bytes, vram=planner.layer_bytes(2) + acts, disk_out=size)
-            return {"quantize": quantize, "check": planner.check_needs(size)}
-        head = 2 * planner.config["vocab_size"] * planner.config["hidden_size"] * 4
-        layers = 3 * planner.layer_bytes(4) + head + acts
-        quantize = Needs(ram=max(layers, size + head + planner.layer_bytes(4)), disk_out=size)
-        return {"quantize": quantize, "check": planner.check_needs(int(2.5 * size))}
+        else:
+            head = 2 * planner.config["vocab_size"] * planner.config["hidden_size"] * 4
+            layers = 3 * planner.layer_bytes(4) + head + acts
+            quantize = Needs(ram=max(layers, size + head + planner.layer_bytes(4)), disk_out=size)
+        return {"quantize": quantize, "check": check}
 
     def extra_acts(self, planner, spec, tokens: int) -> int:
         """Activation memory a recipe option adds for the `tokens` calibration tokens (none by default)."""
