@@ -122,7 +122,7 @@ def base_fp16_bytes(config: Path = CONFIG, cache: Path | None = None) -> tuple[i
     if cache is not None:
         os.environ["QUANTIZE_CACHE"] = str(cache)
     from quantize.basemodel import resolve_base
-    from quantize.config import load_config
+    from quantize.project import load_config
 
     base = resolve_base(load_config(config))
     params = base.param_count()

@@ -64,10 +64,10 @@ def prepare(work: Path, cache: Path, warm_gptq: bool) -> dict:
             bench_env(cache),
         )
     os.environ["QUANTIZE_CACHE"] = str(cache)
-    from quantize.config import load_config
     from quantize.context import RunContext
     from quantize.formats.gguf import model_meta
     from quantize.formats.gguf.build import f16_gguf
+    from quantize.project import load_config
 
     project = load_config(CONFIG)
     builder = RunContext(project, work / "toolkit-out")
@@ -165,13 +165,13 @@ def cast_seconds(work: Path) -> float:
     """The toolkit-only step inside its GPTQ quantize stage: re-saving gptqmodel's output in float16."""
     import time
 
-    from quantize.formats.gptqmodel import _cast_to_float16
+    from quantize.formats.weightfolder import cast_to_float16
 
     copy = work / "cast-copy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(work / "raw-out", copy)  # the raw script's bfloat16 output, as gptqmodel saved it
     start = time.perf_counter()
-    _cast_to_float16(copy)
+    cast_to_float16(copy)
     seconds = time.perf_counter() - start
     shutil.rmtree(copy)
     return round(seconds, 2)

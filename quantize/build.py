@@ -23,7 +23,8 @@ from .formats import BuildJob, EngineResult
 from .hashing import sha256_json, short
 from .measure import Stages
 from .outputs import list_files, model_bytes
-from .paths import clean_stale_partials, require_free_space, staged_folder
+from .paths import cache_dir, clean_stale_partials, require_free_space, staged_folder
+from .preflight import preflight
 from .progress import engine_output_to_stderr
 from .records import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
 
@@ -64,7 +65,7 @@ class Builder:
 
     def inputs(self, variant: Variant, calib: CalibrationSet | None) -> Inputs:
         fmt = formats.of(variant)
-        versions = package_versions()
+        versions = package_versions(fmt.engine_packages)
         engine = {k: versions.get(k, "?") for k in fmt.engine_packages}
         engine["layout"] = str(OUTPUT_LAYOUT)
         engine.update(fmt.engine_inputs(variant.spec))
@@ -88,15 +89,12 @@ class Builder:
     def _needed_bytes(self, variant: Variant) -> int:
         """What the variant writes under the output root: the preflight's own disk figure (plan's stage needs),
         checked again just before the build because earlier variants of the run used some of it."""
-        needs = self.ctx.planner().stage_needs(variant)
+        needs = self.ctx.planner().stage_needs(variant)  # the planner keeps preflight's answer
         return sum(n.disk_out for n in needs.values()) + (64 << 20)
 
     def build_all(self, variants: list[Variant]) -> list[BuildOutcome]:
         self.validate(variants)
         if self.preflight:
-            from .paths import cache_dir
-            from .plan import preflight
-
             todo = [v for v in variants if self.force or not self._up_to_date_guess(v)]
             preflight(self.ctx.planner(), todo, self.out_root, cache_dir())
         outcomes = []
@@ -112,11 +110,11 @@ class Builder:
 
     def _up_to_date_guess(self, variant: Variant) -> bool:
         """A finished report exists (its inputs are rechecked by `build`): such variants need no room."""
-        report = read_report(self.out_root / variant.branch)
+        report = read_report(self.ctx.folder(variant))
         return report is not None and report.status == "passed"
 
     def build(self, variant: Variant) -> BuildOutcome:
-        folder = self.out_root / variant.branch
+        folder = self.ctx.folder(variant)
         for leftover in clean_stale_partials(folder):
             log.info("%s: removed %s left by an interrupted build", variant.name, leftover.name)
         stages = Stages()
@@ -136,10 +134,17 @@ class Builder:
                 result = self._run_engine(variant, calib, tmp, stages)
             files = list_files(tmp)
             report = Report(
-                variant=VariantInfo.of(variant),
+                variant=VariantInfo(
+                    name=variant.name,
+                    branch=variant.branch,
+                    format=variant.format,
+                    repo=variant.repo,
+                    default=variant.default,
+                    params=variant.params(),
+                ),
                 inputs_hash=inputs_hash,
                 inputs=inputs,
-                versions={**package_versions(), "quantize": __version__},
+                versions={**package_versions(formats.recorded_packages(variant)), "quantize": __version__},
                 python=python_version(),
                 device=result.device,
                 dtype=result.dtype,

@@ -7,14 +7,29 @@ bugs, not for bad input.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
-from .config import Project, load_config
-from .errors import QuantizeError
+from . import formats
+from .build import Builder
+from .card import write_cards
+from .card.compare import collect, write_outputs
+from .checks.checker import Checker, format_verdicts, run_check
+from .config import Project
+from .context import RunContext
+from .errors import AssetError, QuantizeError
+from .hub.git import GitTransport
+from .hub.http import HubTransport
+from .hub.mirror import serve_forever
+from .hub.publish import Publisher, Transport
+from .paths import cache_root, raise_if_disk_full
+from .plan import Planner, format_table, plan_json
+from .progress import setup_logging
+from .project import load_config
+from .selection import select
 
 log = logging.getLogger("quantize")
 
@@ -61,8 +76,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _selected(project: Project, args: argparse.Namespace):
-    from .selection import select
-
     if not args.all and not args.variant:
         raise QuantizeError(
             "no variant selected", fix="name variants with --variant NAME (see `python -m quantize list`) or pass --all"
@@ -75,18 +88,11 @@ def _selected(project: Project, args: argparse.Namespace):
     return select(project.select(None if args.all else args.variant), args.filter, args.shard)
 
 
-def _planner(project: Project):
-    from .basemodel import resolve_config
-    from .plan import Planner
-
-    config, folder = resolve_config(project)
-    return Planner(project, config, folder)
+def _planner(project: Project) -> Planner:
+    return Planner.for_project(project)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import format_table, plan_json
-    from .selection import select
-
     project = load_config(args.config)
     planner = _planner(project)
     rows = planner.rows(select(list(project.variants), args.filter, args.shard))
@@ -96,12 +102,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     """CI matrix entries; memory comes from `plan` when config.json can be read, else is null."""
-    import json
-
-    from . import formats
-    from .errors import AssetError
-    from .selection import select
-
     project = load_config(args.config)
     variants = select(list(project.variants), args.filter, args.shard)
     try:
@@ -129,9 +129,6 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import Builder
-    from .context import RunContext
-
     project = load_config(args.config)
     variants = _selected(project, args)
     ctx = RunContext(project, Path(args.out), force=args.force)
@@ -148,9 +145,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks.checker import Checker, format_verdicts, run_check
-    from .context import RunContext
-
     project = load_config(args.config)
     checker = Checker(RunContext(project, Path(args.out), force=args.force))
     failed = []
@@ -167,8 +161,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .card.compare import collect, write_outputs
-
     project = load_config(args.config)
     table = collect(project, Path(args.out))
     if not table.rows:
@@ -182,8 +174,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from .card import write_cards
-
     project = load_config(args.config)
     folders = write_cards(project, Path(args.out))
     if not folders:
@@ -197,18 +187,12 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .hub.publish import Publisher, Transport
-
     project = load_config(args.config)
     variants = _selected(project, args)
     transport: Transport
     if args.git:
-        from .hub.git import GitTransport
-
         transport = GitTransport(args.git)
     else:
-        from .hub.http import HubTransport
-
         transport = HubTransport(args.endpoint)
     records = Publisher(project, Path(args.out), transport).publish_all(variants, args.only_passed)
     for record in records:
@@ -223,8 +207,6 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .hub.mirror import serve_forever
-
     return serve_forever(Path(args.mirror), args.host, args.port)
 
 
@@ -312,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A CI job cancelled with SIGTERM must unwind like Ctrl-C, so staged folders are removed.
     signal.signal(signal.SIGTERM, _terminate)
-    from .progress import setup_logging
 
     setup_logging(args.verbose)
     try:
@@ -323,10 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; nothing half-written was kept, re-run to resume", file=sys.stderr)
         return 130
     except Exception as err:  # an engine's own error wrapping ENOSPC: the same one line as any disk-full error
-        from .paths import raise_if_disk_full
-
         try:
-            raise_if_disk_full(err, Path(os.environ.get("QUANTIZE_CACHE") or "."))
+            raise_if_disk_full(err, cache_root())
         except QuantizeError as full:
             return _fail(full)
         raise

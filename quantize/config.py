@@ -1,24 +1,20 @@
-"""`variants.yaml`: the schema, matrix expansion and validation, before any work.
+"""`variants.yaml`'s schema: the pydantic types, the resolved `Variant` and `Project`, and YAML loading.
 
-Like mergekit, the whole file is validated with pydantic up front, so a typo fails in
-a second with one line naming the file, the field and the fix, not after an hour of
-calibration. The matrix follows CI-matrix semantics: the cross product of `matrix`
-axes, minus `exclude` patterns, plus `include` entries (an include that matches an
-existing combination on every axis it names extends it, e.g. to mark it `default`).
+The bottom of the graph above errors and records: every reader of a config, a recipe or an
+eval file imports this, so it imports no format, stage or engine. Matrix expansion and
+resolution against the format registry live in `project.py`, above the formats.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
-import reprlib
 import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import yaml
+from packaging.version import InvalidVersion, Version
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,9 +27,6 @@ from pydantic import (
 
 from . import naming, resources
 from .errors import ConfigError, UnknownVariantError
-
-# A matrix is a few dozen variants; thousands means a typo or a hostile file, and each one costs hours.
-MAX_VARIANTS = 1000
 
 
 class FieldProblem(ValueError):
@@ -120,8 +113,6 @@ class PypiFile(Strict):
     @field_validator("version")
     @classmethod
     def _plain_version(cls, value: str) -> str:
-        from packaging.version import InvalidVersion, Version
-
         try:
             plain = str(Version(value)) and value == value.strip()  # Version() itself tolerates spaces
         except InvalidVersion:
@@ -174,27 +165,6 @@ class BaseModelSpec(Strict):
         return Path(self.pypi_gguf.member).name.split(".")[0]
 
 
-def _is_group_size(value: int) -> bool:
-    return value == -1 or (value >= 2 and value & (value - 1) == 0)
-
-
-class QuantizedSpec(Strict):
-    """Fields every calibrated weight-only variant shares."""
-
-    group_size: int = 128
-    calibration: SafeName | None = Field(None, description="recipe name in calibration/; defaults to the top-level one")
-    seq_len: int | None = Field(None, gt=0, description="overrides the recipe's sequence length")
-    samples: int | None = Field(None, gt=0, description="overrides the recipe's number of samples")
-    default: bool = False
-
-    @field_validator("group_size")
-    @classmethod
-    def _group_size(cls, value: int) -> int:
-        if not _is_group_size(value):
-            raise ValueError(f"group_size {value} is not -1 or a positive power of two")
-        return value
-
-
 class ProjectConfig(Strict):
     base_model: BaseModelSpec
     owner: Owner | None = Field(None, description="hub user/org for default repo names")
@@ -227,14 +197,6 @@ class ProjectConfig(Strict):
         if "prompt" not in {f[1] for f in fields}:
             raise ValueError("prompt_template has no {prompt} placeholder")
         return value
-
-
-def _check_repo_formats(file: Path, cfg: ProjectConfig) -> None:
-    from . import formats
-
-    for fmt in cfg.repos:
-        if fmt not in formats.FORMATS:
-            raise ConfigError(file, f"repos.{fmt}", f"unknown format {fmt!r}", "use " + formats.names_text())
 
 
 @dataclass(frozen=True)
@@ -287,18 +249,16 @@ class Project:
 
 # Where a field is wrong, say how to make it right.
 _FIXES = {
-    "bits": "GPTQ takes 4 or 8, AWQ takes 4",
-    "group_size": "use -1 (no grouping) or 32, 64 or 128",
-    "damp_percent": "use a fraction such as 0.1 (0.01 is AutoGPTQ's default)",
-    "quant_type": "use a llama.cpp type such as Q4_K_M",
     "base_model": "add `base_model: {id: ORG/NAME}` or `{path: DIR}`",
     "prompt_template": 'e.g. "<|user|>\\n{prompt}</s>\\n<|assistant|>\\n"',
-    "imatrix": "remove `imatrix: false` or give `imatrix: RECIPE` (a calibration recipe such as wikitext2)",
 }
 
 
-def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> ConfigError:
-    """The first error as one line: the field's dotted path, the problem, and a fix."""
+def pydantic_error(
+    file: Path, err: ValidationError, where: str = "", fixes: dict[str, str] | None = None
+) -> ConfigError:
+    """The first error as one line: the field's dotted path, the problem, and a fix (`fixes`: a format's own,
+    by field name, `Format.field_fixes`)."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     field = ".".join(loc) or "(top level)"
@@ -309,7 +269,10 @@ def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> Config
         msg = f"unknown key {loc[-1]!r}"
     elif first["type"] == "missing":
         msg = "required field is missing"
-    fix = next((f for key, f in _FIXES.items() if key in loc), "compare with the examples under quantize/data/")
+    fix = next(
+        (f for key, f in {**_FIXES, **(fixes or {})}.items() if key in loc),
+        "compare with the examples under quantize/data/",
+    )
     if first["type"] == "extra_forbidden":
         fix = "remove it or check its spelling"
     error = (first.get("ctx") or {}).get("error")
@@ -318,222 +281,12 @@ def _pydantic_error(file: Path, err: ValidationError, where: str = "") -> Config
     return ConfigError(file, field, msg, fix)
 
 
-def _combinations(file: Path, where: str, key: str, value: Any) -> list[dict[str, Any]]:
-    """`include`/`exclude`: a list of mappings, each naming axis values (anything else used to be a traceback)."""
-    fix = f"write `{key}: [{{bits: 4, group_size: 128}}]`, one mapping per combination"
-    if not isinstance(value, list):
-        raise ConfigError(file, f"{where}.{key}", f"must be a list of mappings, not {_kind(value)}", fix)
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ConfigError(
-                file, f"{where}.{key}[{index}]", f"must be a mapping of axis values, not {_kind(item)}", fix
-            )
-    if len(value) > MAX_VARIANTS:
-        raise ConfigError(
-            file, f"{where}.{key}", f"has {len(value):,} entries, more than {MAX_VARIANTS:,}", "shorten it"
-        )
-    return value
-
-
-def _kind(value: Any) -> str:
-    kinds: dict[type, str] = {dict: "a mapping", list: "a list"}
-    return kinds.get(type(value), f"the {'text' if isinstance(value, str) else 'value'} {reprlib.repr(value)}")
-
-
-def _expand(entry: dict[str, Any], file: Path, where: str) -> list[dict[str, Any]]:
-    """Expand one `variants:` entry (a plain entry expands to itself); the product's size is checked first."""
-    entry = dict(entry)
-    axes = entry.pop("matrix", None)
-    include = _combinations(file, where, "include", entry.pop("include", []))
-    exclude = _combinations(file, where, "exclude", entry.pop("exclude", []))
-    fix = "see the matrix example in variants.yaml"
-    if axes is None:
-        if include or exclude:
-            raise ConfigError(file, where, "`include`/`exclude` need a `matrix`", fix)
-        return [entry]
-    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, list) and v for k, v in axes.items()):
-        raise ConfigError(file, where, "`matrix` maps each axis to a non-empty list of values", fix)
-    size = math.prod(len(v) for v in axes.values())
-    if size > MAX_VARIANTS:
-        raise ConfigError(
-            file,
-            f"{where}.matrix",
-            f"{size:,} combinations, more than the limit of {MAX_VARIANTS:,}",
-            "split it into smaller matrices or shorten its axes",
-        )
-    keys = list(axes)
-    combos = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
-    combos = [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items()) for ex in exclude)]
-    for inc in include:
-        on_axes = {k: v for k, v in inc.items() if k in axes}
-        matched = [c for c in combos if on_axes and all(c[k] == v for k, v in on_axes.items())]
-        for combo in matched:
-            combo.update(inc)
-        if not matched:
-            combos.append(dict(inc))
-    return [{**entry, **combo} for combo in combos]
-
-
-def _resolve(spec, cfg: ProjectConfig) -> Variant:
-    from . import formats
-
-    fmt = formats.get(spec.format)
-    spec = fmt.complete(spec, cfg.calibration)
-    name, branch = fmt.names(spec)
-    repo = cfg.repos.get(fmt.name) or f"{cfg.owner or 'local'}/{cfg.base_model.display_name}-{fmt.title}"
-    return Variant(
-        name=name,
-        branch=branch,
-        spec=spec,
-        repo=repo,
-        default=spec.default,
-        calibration=fmt.calibration(spec, cfg.calibration),
-    )
-
-
 def find_recipe(root: Path, name: str) -> Path:
     """A recipe name resolves to `calibration/NAME.yaml` beside the config, above it, or in this package."""
     found = resources.find("calibration", name, root)
     if found is None:
         raise FileNotFoundError(name)
     return found
-
-
-def parse_config(data: Any, file: Path) -> Project:
-    """Validate a loaded YAML document; every error is a one-line ConfigError."""
-    if not isinstance(data, dict):
-        raise ConfigError(file, "(top level)", "expected a mapping of keys", "see variants.yaml for the layout")
-    try:
-        cfg = ProjectConfig.model_validate(data)
-    except ValidationError as err:
-        raise _pydantic_error(file, err) from None
-
-    _check_names(file, cfg)
-    _check_repo_formats(file, cfg)
-    from . import formats
-
-    variants: list[Variant] = []
-    for index, entry in enumerate(cfg.variants):
-        where = f"variants[{index}]"
-        expanded = _expand(entry, file, where)
-        if len(variants) + len(expanded) > MAX_VARIANTS:
-            raise ConfigError(
-                file, "variants", f"more than {MAX_VARIANTS:,} variants", "split the matrix into several config files"
-            )
-        for combo in expanded:
-            fmt = combo.get("format")
-            label = where + (
-                f" ({', '.join(f'{k}={v}' for k, v in combo.items() if k != 'format')})" if "matrix" in entry else ""
-            )
-            if fmt not in formats.FORMATS:
-                raise ConfigError(file, f"{label}.format", f"unknown format {fmt!r}", "use " + formats.names_text())
-            try:
-                spec = formats.get(fmt).spec_type.model_validate(combo)
-            except ValidationError as err:
-                raise _pydantic_error(file, err, label) from None
-            variants.append(_resolve(spec, cfg))
-
-    from .calibration import load_recipe
-    from .checks.evalset import load_eval
-    from .checks.gates import load_gates
-    from .checks.smoke import load_suite
-
-    # The eval files and recipes are read now, not after an hour of quantization.
-    for field, load in (("evaluation", load_eval), ("smoke", load_suite), ("gates", load_gates)):
-        name = getattr(cfg, field)
-        found = resources.find("eval", name, file.parent)
-        if found is None:
-            raise ConfigError(file, field, f"no eval/{name}.yaml", "add the file or name an existing one")
-        load(found)
-    _check_unique(file, variants)
-    variants = _assign_defaults(file, variants)
-    loaded: set[str] = set()
-    for variant in variants:
-        named = (variant.calibration, getattr(variant.spec, "imatrix", None))
-        recipes: set[str] = {r for r in named if r is not None}
-        for recipe in sorted(recipes - loaded):
-            try:
-                load_recipe(find_recipe(file.parent, recipe))
-            except FileNotFoundError:
-                raise ConfigError(
-                    file,
-                    f"variant {variant.name}: calibration",
-                    f"no recipe named {recipe!r}",
-                    f"add calibration/{recipe}.yaml or use one of: {', '.join(available_recipes(file.parent))}",
-                ) from None
-            loaded.add(recipe)
-    return Project(path=file, config=cfg, variants=tuple(variants))
-
-
-def _check_names(file: Path, cfg: ProjectConfig) -> None:
-    """Names derived rather than written (the model name from `id`/`path`, default repos) obey the same rules."""
-    base = cfg.base_model
-    if not base.name and not naming.is_safe_name(base.display_name):
-        source = "id" if base.id else "path" if base.path else "pypi_gguf.member"
-        raise ConfigError(
-            file,
-            f"base_model.{source}",
-            f"gives the model name {base.display_name!r}, which is not a safe file name",
-            "set base_model.name (letters, digits, '.', '_', '-')",
-        )
-    from . import formats
-
-    owner = cfg.owner or "local"
-    for fmt in formats.FORMATS.values():
-        repo = cfg.repos.get(fmt.name) or f"{owner}/{base.display_name}-{fmt.title}"
-        if repo_id_problem(repo):
-            raise ConfigError(
-                file,
-                f"repos.{fmt.name}",
-                f"the default repo {repo!r} {repo_id_problem(repo)}",
-                f"set repos.{fmt.name} to OWNER/NAME or shorten base_model.name",
-            )
-
-
-def _check_unique(file: Path, variants: list[Variant]) -> None:
-    seen: dict[str, Variant] = {}
-    for variant in variants:
-        for key in (variant.name, variant.branch):
-            other = seen.get(key)
-            if other is not None and other is not variant:
-                raise ConfigError(
-                    file,
-                    "variants",
-                    f"two variants are both named {key!r}",
-                    "remove the duplicate or add it to the matrix's `exclude`",
-                )
-            seen[key] = variant
-
-
-def _assign_defaults(file: Path, variants: list[Variant]) -> list[Variant]:
-    """At most one default per format; a format with a single variant defaults to it."""
-    from . import formats
-
-    out = list(variants)
-    for fmt in formats.FORMATS:
-        members = [v for v in out if v.format == fmt]
-        marked = [v for v in members if v.default]
-        if len(marked) > 1:
-            raise ConfigError(
-                file,
-                "variants.default",
-                f"{fmt} has {len(marked)} defaults ({', '.join(v.name for v in marked)})",
-                "mark exactly one variant per format `default: true`",
-            )
-        if formats.get(fmt).needs_default and len(members) > 1 and not marked:
-            raise ConfigError(
-                file,
-                "variants.default",
-                f"{fmt} has {len(members)} variants and none is `default: true`",
-                "mark the one that goes on the repo's main branch",
-            )
-        if len(members) == 1 and not marked:
-            out[out.index(members[0])] = Variant(**{**members[0].__dict__, "default": True})
-    return out
-
-
-def available_recipes(root: Path) -> list[str]:
-    return resources.available("calibration", root)
 
 
 def load_yaml(path: str | Path, what: str, model: type[BaseModel] | None = None) -> Any:
@@ -585,11 +338,4 @@ def load_yaml(path: str | Path, what: str, model: type[BaseModel] | None = None)
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise _pydantic_error(file, err) from None
-
-
-def load_config(path: str | Path) -> Project:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(file, "(file)", "not found", "pass --config FILE or run where variants.yaml is")
-    return parse_config(load_yaml(file, "variants file"), file.resolve())
+        raise pydantic_error(file, err) from None

@@ -14,6 +14,7 @@ from . import formats
 from .basemodel import ResolvedBase, resolve_base
 from .calibration import CalibrationSet, ChatFormat, calibration_set, load_recipe
 from .config import Project, Variant
+from .outputs import variant_folder
 from .plan import Planner
 
 
@@ -43,13 +44,11 @@ class RunContext:
 
     def planner(self) -> Planner:
         if self._planner is None:
-            from .devices import has_cuda
-
-            self._planner = Planner(self.project, self.base.config, self.base.path, gpu=has_cuda())
+            self._planner = Planner(self.project, self.base.config, self.base.path)  # devices' GPU rule
         return self._planner
 
     def folder(self, variant: Variant) -> Path:
-        return self.out_root / variant.branch
+        return variant_folder(self.out_root, variant)
 
     def calibration(self, variant: Variant) -> CalibrationSet | None:
         """The variant's calibration tokens (GPTQ/AWQ: its recipe; GGUF: its imatrix recipe), shared by variants."""

@@ -1,8 +1,17 @@
-"""Where model work runs: the first CUDA device when there is one, else the CPU (one rule for every stage)."""
+"""Where model work runs: the first CUDA device when there is one, else the CPU.
+
+One rule for every stage and for `plan`: torch's own answer, asked once per process, so a
+plan cannot predict GPU memory for a build that then runs on the CPU (a GPU machine with a
+CPU-only torch) or the reverse. Asked only when a prediction or a stage needs it, so
+importing the planner costs no torch.
+"""
 
 from __future__ import annotations
 
+import functools
 
+
+@functools.cache
 def has_cuda() -> bool:
     import torch
 

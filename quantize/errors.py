@@ -35,6 +35,12 @@ class UnknownVariantError(QuantizeError):
     exit_code = 2
 
 
+class PluginError(QuantizeError):
+    """A format package's `quantize.formats` entry point cannot be loaded or clashes with another format."""
+
+    exit_code = 2
+
+
 class CalibrationError(QuantizeError):
     """The calibration source cannot supply what the recipe asks for."""
 

@@ -1,7 +1,7 @@
 """Names that become file names, folders, branches or repos: one strict rule for what may.
 
 Each format names its own variants and branches (formats/*: the names users already
-download by, DESIGN.md section 3); every such name passes `is_safe_name` first.
+download by, as the published repos spell them); every such name passes `is_safe_name` first.
 """
 
 from __future__ import annotations

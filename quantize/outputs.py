@@ -10,19 +10,19 @@ from typing import Any
 
 from .errors import EngineError
 from .hashing import file_sha256
-from .paths import write_atomic
 from .records import OutputFile
 
 MODEL_SUFFIXES = (".safetensors", ".gguf")
 
 
+def variant_folder(out_root: Path, variant) -> Path:
+    """The one place a variant's outputs live: `OUT/BRANCH` (build writes it, check, card and publish read it)."""
+    return Path(out_root) / variant.branch
+
+
 def model_bytes(files: list[OutputFile]) -> int:
     """Bytes of weight files (safetensors or GGUF), the numerator of bits per weight."""
     return sum(f.size for f in files if f.path.endswith(MODEL_SUFFIXES))
-
-
-def write_json(path: Path, value: Any) -> None:
-    write_atomic(Path(path), (json.dumps(value, indent=2) + "\n").encode())
 
 
 def list_files(folder: Path, exclude: tuple[str, ...] = ("report.json",)) -> list[OutputFile]:

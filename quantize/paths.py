@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import DiskFullError
 
@@ -44,9 +46,14 @@ def normalize_modes(root: Path) -> None:
             os.chmod(os.path.join(folder, name), FILE_MODE)
 
 
+def cache_root() -> Path:
+    """`QUANTIZE_CACHE`, else ~/.cache/quantize (the one rule; not created here)."""
+    return Path(os.environ.get("QUANTIZE_CACHE") or Path.home() / ".cache" / "quantize")
+
+
 def cache_dir() -> Path:
-    """`QUANTIZE_CACHE`, else ~/.cache/quantize: base checkpoints, calibration tokens, wheels."""
-    root = Path(os.environ.get("QUANTIZE_CACHE") or Path.home() / ".cache" / "quantize")
+    """The cache root, created: base checkpoints, calibration tokens, references, GGUF intermediates."""
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -206,3 +213,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_json(path: Path, value: Any) -> None:
+    """A JSON file written atomically (every report and published config): readers never see half of one."""
+    write_atomic(Path(path), (json.dumps(value, indent=2) + "\n").encode())

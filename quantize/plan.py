@@ -12,12 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import formats, shapes, tables
-from .calibration import load_recipe
+from . import formats, tables
+from .basemodel import resolve_config
 from .config import Project, Variant
 from .errors import EngineError
-from .formats import Needs
-from .sizes import model_tensors, param_count
+from .estimate import PROCESS_RSS, Estimator, Needs, kv_cache_bytes, workspace_bytes
 
 
 @dataclass
@@ -61,77 +60,29 @@ class PlanRow:
         }
 
 
-def kv_cache_bytes(config: dict, seq_len: int) -> int:
-    heads = config["num_attention_heads"]
-    head_dim = shapes.head_dim(config)
-    kv = config.get("num_key_value_heads") or heads
-    return 2 * config["num_hidden_layers"] * kv * head_dim * seq_len * 2  # K and V, fp16
-
-
-def workspace_bytes(config: dict, seq_len: int) -> int:
-    """One forward at batch 1: fp32 logits plus one layer's fp16 activations (attention and MLP)."""
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    return seq_len * config["vocab_size"] * 4 + seq_len * (4 * hidden + 3 * inter) * 2
-
-
-# RSS of a Python process with torch, transformers and gptqmodel imported (bench/memory.py: 0.84 GB),
-# added to every stage's RAM: what the machine must have besides the stage's own buffers.
-PROCESS_RSS = int(0.9e9)
-
-
-class Planner:
-    """Predictions for one project's variants, from the base model's config.json."""
+class Planner(Estimator):
+    """Predictions for one project's variants, from the base model's config.json: the formats' answers, as rows."""
 
     def __init__(self, project: Project, config: dict, model_dir: Path | None = None, gpu: bool | None = None):
-        self.project, self.config, self.model_dir = project, config, model_dir
-        self.params = param_count(config)
-        self.fp16_bytes = 2 * self.params
-        # Cheap and torch-free: plan must stay a config.json read. The builder passes what torch says.
-        self.gpu = (
-            Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
-            if gpu is None
-            else gpu
-        )
-        self.cache: dict = {}  # per-format shared work (GGUF: one skeleton dry run for every type)
+        super().__init__(project, config, model_dir, gpu)
+        self._needs: dict[tuple[str, str], dict[str, Needs]] = {}
 
-    def layer_bytes(self, bytes_per_param: int) -> int:
-        """One decoder layer's weights at this precision (the streaming stages hold one at a time)."""
-        per_layer = [t.numel for t in model_tensors(self.config) if ".layers.0." in t.name]
-        return bytes_per_param * sum(per_layer)
-
-    def stream_needs(self, rows: int, seq_len: int) -> Needs:
-        """The unquantized model streamed layer by layer (streaming.py) over `rows` x `seq_len` tokens:
-        one layer (as read, 16-bit, and as computed), the batch's hidden states in and out and the MLP's
-        intermediate activations, the embedding and the head, and one window's logits. At 7B on a CPU this
-        predicts 4.1 GB for 8 x 512 tokens where 4.5 GB was measured (bench/full7b.py)."""
-        hidden, vocab = self.config["hidden_size"], self.config["vocab_size"]
-        width = 2 if self.gpu else 4  # half precision on a GPU, float32 on a CPU
-        states = 2 * rows * seq_len * hidden * width + 3 * rows * seq_len * self.config["intermediate_size"] * width
-        head = 2 * vocab * hidden * width + seq_len * vocab * 4
-        layer = self.layer_bytes(width) + (self.layer_bytes(2) if width != 2 else 0)
-        if self.gpu:
-            return Needs(ram=head, vram=layer + states)
-        return Needs(ram=layer + states + head)
-
-    def check_needs(self, file_bytes: int) -> Needs:
-        """The check: the base reference streamed over the eval windows, then the variant loaded and scored."""
-        from .checks.evalset import find_eval, load_eval
-
-        recipe = load_eval(find_eval(self.project.root, self.project.config.evaluation))
-        base = self.stream_needs(recipe.max_windows, recipe.n_ctx)
-        variant = file_bytes + kv_cache_bytes(self.config, recipe.n_ctx) + workspace_bytes(self.config, recipe.n_ctx)
-        if self.gpu:
-            return Needs(ram=base.ram, vram=max(base.vram, variant))
-        return Needs(ram=max(base.ram, variant))
+    @classmethod
+    def for_project(cls, project: Project) -> Planner:
+        """The planner `plan` and `matrix` use: config.json (and tokenizer files) only, no weights fetched."""
+        config, folder = resolve_config(project)
+        return cls(project, config, folder)
 
     def stage_needs(self, variant: Variant) -> dict[str, Needs]:
-        return formats.of(variant).stage_needs(self, variant)
+        """The format's answer, asked once per variant: preflight, the plan row and the builder's disk
+        check before each variant share it (GGUF's costs a skeleton dry run and an eval-set load)."""
+        key = (variant.name, variant.branch)
+        if key not in self._needs:
+            self._needs[key] = formats.of(variant).stage_needs(self, variant)
+        return self._needs[key]
 
     def predicted_bytes(self, variant: Variant) -> int | None:
         return formats.of(variant).predict_bytes(self, variant.spec)
-
-    def recipe(self, name: str):
-        return load_recipe(self.project.recipe_path(name)).recipe
 
     def row(self, variant: Variant) -> PlanRow:
         fmt = formats.of(variant)
@@ -213,84 +164,18 @@ def format_table(rows: list[PlanRow], params: int) -> str:
         )
     text = tables.aligned(lines)
     return (
-        f"{text}\n\n{params / 1e9:.2f} B parameters. LOAD = weights in memory (GGUF: file + 2.5 GB, "
-        "as publishers state max RAM); RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ; PEAK = the "
-        "build's largest predicted memory, RAM with the Python process's own 0.9 GB (VRAM on a GPU), and its "
+        f"{text}\n\n{params / 1e9:.2f} B parameters. LOAD = weights in memory{_load_notes()}; "
+        "RUN = LOAD + fp16 KV cache + one forward's workspace at SEQ; PEAK = the build's largest predicted "
+        "memory, RAM with the Python process's own 0.9 GB (VRAM on a GPU), and its "
         "stage (`plan --json` has every stage, with disk), which `build` checks against the machine first."
     )
 
 
+def _load_notes() -> str:
+    """What formats add to a file's size for the memory to load it (GGUF: as publishers state max RAM)."""
+    notes = [note for fmt in formats.FORMATS.values() if (note := fmt.load_note())]
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def plan_json(rows: list[PlanRow]) -> str:
     return json.dumps([r.as_dict() for r in rows], indent=2)
-
-
-def preflight(planner: Planner, variants: list[Variant], out_root: Path, cache: Path) -> None:
-    """Refuse, before any work, a build whose predicted peak RAM, VRAM or disk exceeds what this machine has."""
-    import shutil
-
-    from .errors import PreflightError
-
-    available_ram = _available_ram()
-    total_vram = _total_vram() if planner.gpu else None
-    disk = {
-        "out": (out_root, shutil.disk_usage(_existing(out_root)).free),
-        "cache": (cache, shutil.disk_usage(_existing(cache)).free),
-    }
-    need_out = need_cache = 0
-    for variant in variants:
-        lever = formats.of(variant).memory_lever(variant.spec)
-        fix = (
-            f"lower samples or seq_len for it{lever}, free memory or disk, use a larger machine, or pass --no-preflight"
-        )
-        for stage, needs in planner.stage_needs(variant).items():
-            ram = needs.ram + PROCESS_RSS
-            if available_ram is not None and ram > available_ram:
-                raise PreflightError(
-                    f"{variant.name}: stage {stage} needs about {ram / 1e9:.1f} GB of RAM but "
-                    f"{available_ram / 1e9:.1f} GB is available",
-                    fix=fix,
-                )
-            if total_vram is not None and needs.vram > total_vram:
-                raise PreflightError(
-                    f"{variant.name}: stage {stage} needs about {needs.vram / 1e9:.1f} GB of GPU "
-                    f"memory but the GPU has {total_vram / 1e9:.1f} GB",
-                    fix=fix,
-                )
-            need_out += needs.disk_out
-            need_cache = max(need_cache, needs.disk_cache)  # cache entries (the F16 GGUF) are shared
-    for where, need in (("out", need_out), ("cache", need_cache)):
-        folder, free = disk[where]
-        if need > free:
-            raise PreflightError(
-                f"{folder}: the selected variants need about {_size(need)} there but "
-                f"{_size(free)} is free on that disk",
-                fix="free space, or move it (--out for outputs, QUANTIZE_CACHE for the cache)",
-            )
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def _existing(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def _available_ram() -> int | None:
-    """MemAvailable (what can be allocated without swapping), or None off Linux."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _total_vram() -> int | None:
-    import torch
-
-    return torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None

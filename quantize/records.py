@@ -1,8 +1,8 @@
 """Every on-disk record: report.json and what it holds (stage measures, files, calibration and eval
 stats, check results, verdicts, smoke replies).
 
-The bottom of the import graph (it imports only the config schema): cards and publishing
-read records without importing the check stack or torch. Later stages read only
+The bottom of the import graph (it imports only the atomic writer): the config schema, cards
+and publishing read records without importing the check stack or torch. Later stages read only
 report.json, so it carries every input hash, the versions that produced the files, and
 each file's size and sha256.
 """
@@ -18,22 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .config import Variant
+from .paths import write_json
 
 REPORT_NAME = "report.json"
 SCHEMA_VERSION = 1
-TRACKED_PACKAGES = (
-    "quantize",
-    "torch",
-    "transformers",
-    "gptqmodel",
-    "auto-round",
-    "tokenizers",
-    "safetensors",
-    "gguf",
-    "llama-cpp-python",
-    "numpy",
-)
+# Recorded in every report besides the format's own engines (`Format.engine_packages`): what every build runs on.
+CORE_PACKAGES = ("quantize", "torch", "transformers", "tokenizers", "safetensors", "numpy")
 
 
 class StageMeasure(BaseModel):
@@ -92,7 +82,7 @@ class Memory(BaseModel):
     forward_cuda_bytes: int | None = None  # one batch-1 forward at the variant's sequence length
     predicted_load_bytes: int | None = None
     predicted_run_bytes: int | None = None
-    max_ram_required_bytes: int | None = None  # GGUF, as publishers state it: file + 2.5 GB
+    max_ram_required_bytes: int | None = None  # where the format states one (Format.max_ram; GGUF: file + overhead)
 
 
 class CheckReport(BaseModel):
@@ -118,17 +108,6 @@ class VariantInfo(BaseModel):
     repo: str | None
     default: bool
     params: dict[str, Any]
-
-    @classmethod
-    def of(cls, variant: Variant) -> VariantInfo:
-        return cls(
-            name=variant.name,
-            branch=variant.branch,
-            format=variant.format,
-            repo=variant.repo,
-            default=variant.default,
-            params=variant.params(),
-        )
 
 
 class BaseModelInfo(BaseModel):
@@ -177,8 +156,6 @@ class Report(BaseModel):
     checks: CheckReport | None = None
 
     def write(self, folder: Path) -> Path:
-        from .outputs import write_json  # outputs imports this module: a write helper, not a record
-
         path = Path(folder) / REPORT_NAME
         write_json(path, self.model_dump(mode="json"))
         return path
@@ -194,9 +171,10 @@ def read_report(folder: Path) -> Report | None:
     return report if report.schema_version == SCHEMA_VERSION else None
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Installed versions of `names` (the core packages and a format's declared engines); missing ones left out."""
     versions = {}
-    for name in TRACKED_PACKAGES:
+    for name in dict.fromkeys(names):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

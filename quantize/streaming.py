@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import compute_device
 from .progress import bar
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ def chunk_rows(rows: int, seq_len: int) -> int:
 def default_device() -> tuple[str, object]:
     """CUDA in the checkpoint's half precision when present; else the CPU in float32 (exact, and bf16-free)."""
     import torch
-
-    from .devices import compute_device
 
     device = compute_device()
     if device != "cpu":

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from quantize.card import CardInputs, Row, render
-from quantize.config import load_config
+from quantize.project import load_config
 from quantize.records import Report
 
 GOLDEN = Path(__file__).parent / "golden" / "card"

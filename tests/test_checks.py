@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import TINY_GATES, run_cli, write_config
 
-from quantize.checks.scoring import hf_logits_fn, reference, score
 from quantize.checks.smoke import reply_problems
+from quantize.scoring import hf_logits_fn, reference, score
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_kld_is_zero_for_the_base_against_itself(built):
     from transformers import AutoTokenizer
 
     from quantize.basemodel import resolve_base
-    from quantize.checks.evalset import eval_set, find_eval
-    from quantize.config import load_config
+    from quantize.evalset import eval_set, find_eval
+    from quantize.project import load_config
 
     project = load_config(built["config"])
     base = resolve_base(project)

@@ -21,8 +21,8 @@ import torch
 from conftest import ROOT, run_cli, write_config
 
 from quantize import formats
-from quantize.checks.scoring import HFScorer
-from quantize.config import load_config
+from quantize.project import load_config
+from quantize.scoring import HFScorer
 
 pytestmark = pytest.mark.clients
 
@@ -148,8 +148,8 @@ def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
     from transformers import AutoTokenizer
 
     from quantize.basemodel import resolve_base
-    from quantize.checks.evalset import eval_set, find_eval
     from quantize.checks.smoke import load_suite, render
+    from quantize.evalset import eval_set, find_eval
 
     project = load_config(ROOT / "examples" / "smollm2.yaml")
     base = resolve_base(project)  # the checks' own tokenizer and key: the very windows the report was scored on

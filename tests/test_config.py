@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from quantize.config import load_config, parse_config
 from quantize.errors import ConfigError, UnknownVariantError
+from quantize.project import load_config, parse_config
 
 THEBLOKE_GPTQ_BRANCHES = {
     "gptq-4bit-32g-actorder_True",

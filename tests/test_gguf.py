@@ -227,7 +227,7 @@ def test_type_that_needs_an_imatrix_is_refused_without_one(tmp_path, tiny_model,
 
 def test_imatrix_defaults_follow_the_type(tmp_path, tiny_model):
     """k-quants and IQ types take the project's recipe; legacy and 8/16-bit types stay static; `true` names it."""
-    from quantize.config import load_config
+    from quantize.project import load_config
 
     variants = [
         {"format": "gguf", "matrix": {"quant_type": ["Q3_K_S", "Q6_K", "IQ3_M", "Q5_0", "Q8_0", "F16"]}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -197,6 +198,8 @@ def test_card_has_an_mlx_section_and_publish_pushes_the_branches(built):
     assert "mlx_lm.generate --model tester/tiny-mistral-MLX" in card
     assert "[main](https://huggingface.co/tester/tiny-mistral-MLX/tree/main) (= mlx-4bit)" in card
     assert "| mlx-lm | yes |" in card and "mixed_3_6" in card
+    # the engine versions come from the format's own declaration (they were once blank: "mlx-lm  (mlx )")
+    assert f"made with mlx-lm {version('mlx-lm')} (mlx {version('mlx')}) by quantize" in card
     mirror = built["work"] / "hub"
     run_cli("publish", "--config", str(config), "--out", str(out), "--all", "--git", str(mirror), check=True)
     import subprocess

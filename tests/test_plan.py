@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 from conftest import ROOT, run_cli, write_config
 
-from quantize.config import load_config
 from quantize.plan import Planner, format_table
+from quantize.project import load_config
 from quantize.selection import select
 
 # Mistral-7B-v0.1 / zephyr-7b-beta hyperparameters, as published in their config.json.
@@ -70,14 +69,12 @@ def zephyr_config(tmp_path_factory):
     return path
 
 
-def test_plan_of_a_7b_is_fast_complete_and_matches_published_sizes(zephyr_config):
+def test_plan_of_a_7b_is_complete_and_matches_published_sizes(zephyr_config):
+    """(How long plan takes is bench's to measure, not a timed assertion that fails under load.)"""
     project = load_config(zephyr_config)
-    start = time.perf_counter()
     planner = Planner(project, MISTRAL_7B, None)
     rows = planner.rows(list(project.variants))
     table = format_table(rows, planner.params)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, elapsed
     assert len(table.splitlines()) == len(project.variants) + 3
     by_name = {r.variant.name: r for r in rows}
     for name, gb in PUBLISHED_GB.items():

@@ -333,10 +333,10 @@ def test_a_branch_moved_by_another_writer_is_not_overwritten(built, tmp_path):
 
 
 def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
-    from quantize.config import load_config
     from quantize.errors import BranchMoved
     from quantize.hub.git import GitTransport
     from quantize.hub.publish import MOVED, LocalFile, Publisher
+    from quantize.project import load_config
 
     ours, other = GitTransport(tmp_path / "mirror"), GitTransport(tmp_path / "mirror")
     other.scratch = tmp_path / "other-scratch"

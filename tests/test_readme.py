@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import ROOT
 
 from quantize import formats
-from quantize.card.markdown import table
+from quantize.formats.sections import table
 
 CASES = [  # (what the row is, the spec as variants.yaml would give it)
     (

@@ -97,9 +97,9 @@ def test_smollm2_f16_gguf_matches_hf(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantize.basemodel import resolve_base
-    from quantize.config import load_config
     from quantize.formats.gguf.convert import ModelMeta, convert
     from quantize.formats.gguf.llamacpp import gguf_greedy, gguf_logits, load_gguf
+    from quantize.project import load_config
 
     base = resolve_base(load_config(CONFIG))
     path = tmp_path / "smollm2.F16.gguf"
@@ -125,9 +125,9 @@ def test_streamed_imatrix_and_base_reference_equal_the_whole_float32_model_on_sm
     from transformers import AutoTokenizer
 
     from quantize.basemodel import resolve_base
-    from quantize.checks.scoring import hf_logits_fn, reference
-    from quantize.config import load_config
     from quantize.formats.gguf.imatrix import compute_imatrix
+    from quantize.project import load_config
+    from quantize.scoring import hf_logits_fn, reference
     from quantize.streaming import LayerStream
 
     base = resolve_base(load_config(CONFIG))

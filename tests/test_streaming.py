@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantize.checks.scoring import hf_logits_fn, reference
 from quantize.formats.gguf.imatrix import compute_imatrix
+from quantize.scoring import hf_logits_fn, reference
 from quantize.streaming import LayerStream
 
 

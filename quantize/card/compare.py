@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .. import formats, tables
 from ..config import Project
-from ..outputs import model_bytes, write_json
+from ..outputs import model_bytes, variant_folder
+from ..paths import write_json
 from ..records import read_report
 
 COLUMNS = ("format", "variant", "size_gb", "bpw", "ppl", "delta", "kld", "top1", "memory_gb", "gate")
@@ -53,7 +54,7 @@ class Table:
 def collect(project: Project, out_root: Path) -> Table:
     rows, base = [], None
     for variant in project.variants:
-        report = read_report(out_root / variant.branch)
+        report = read_report(variant_folder(out_root, variant))
         if report is None:
             continue
         c = report.checks

@@ -17,10 +17,13 @@ import yaml
 from huggingface_hub import ModelCardData
 
 from .. import __version__, formats
+from ..basemodel import resolve_config
 from ..config import Project
+from ..formats.sections import HUB, PLOT_NAME, CardInputs, Row
+from ..outputs import variant_folder
 from ..paths import write_atomic
 from ..records import read_report
-from .markdown import HUB, PLOT_NAME, CardInputs, Row
+from .compare import collect, plot
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ def published_rows(project: Project, out_root: Path) -> dict[str, list[Row]]:
     """Variants that passed their checks, grouped by repo: what a card may list."""
     rows: dict[str, list[Row]] = {}
     for variant in project.variants:
-        report = read_report(out_root / variant.branch)
+        report = read_report(variant_folder(out_root, variant))
         if report is not None and report.status == "passed":
             rows.setdefault(variant.repo, []).append(Row(variant, report))
     return rows
@@ -164,9 +167,6 @@ def card_dir(out_root: Path, repo: str) -> Path:
 
 def write_cards(project: Project, out_root: Path) -> dict[str, Path]:
     """Write README.md (and the comparison plot) for every repo with a passed variant; repo -> folder."""
-    from ..basemodel import resolve_config
-    from .compare import collect, plot
-
     grouped = published_rows(project, out_root)
     if not grouped:
         return {}

@@ -18,14 +18,14 @@ from ..config import Variant
 from ..context import RunContext
 from ..devices import has_cuda
 from ..errors import QuantizeError
+from ..evalset import eval_set, find_eval
 from ..hashing import sha256_json, short
 from ..measure import Stages
 from ..paths import cache_dir, compute_once
 from ..records import CheckReport, Memory, Reply, Report, read_report
+from ..scoring import Reference, Scores, reference, score
 from ..streaming import LayerStream
-from .evalset import eval_set, find_eval
 from .gates import judge, load_gates
-from .scoring import Reference, Scores, reference, score
 from .smoke import load_suite, render, reply_problems, template_problem
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Checker:
             forward_cuda_bytes=forward_cuda,
             predicted_load_bytes=row.load_bytes,
             predicted_run_bytes=row.run_bytes,
-            max_ram_required_bytes=row.load_bytes if fmt.max_ram_is_load else None,
+            max_ram_required_bytes=fmt.max_ram(row.load_bytes),
         )
         problem = template_problem(
             self.project.config.prompt_template, self.project.config.system_prompt, self.ctx.tokenizer()

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import RootModel, model_validator
 
+from .. import formats
 from ..config import FieldProblem, Strict, load_yaml
 from ..records import Verdict
 
@@ -23,8 +24,6 @@ class Gates(RootModel[dict[str, Gate]]):
 
     @model_validator(mode="after")
     def _known_formats(self) -> Gates:
-        from .. import formats
-
         unknown = sorted(set(self.root) - set(formats.FORMATS))
         if unknown:
             raise FieldProblem(f"unknown format {unknown[0]!r}", f"use {formats.names_text()}")

@@ -30,6 +30,7 @@ from ..config import Strict
 from ..devices import compute_device
 from ..errors import EngineError
 from .base import EngineResult, Needs
+from .weightfolder import engine_config, finish_folder
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ def run_autoround(
     import torch
     from auto_round import AutoRound
     from transformers import AutoTokenizer
-
-    from .gptqmodel import engine_config, finish_folder  # gptqmodel.py imports this module
 
     device = compute_device()
     base_path, out = Path(base_path).resolve(), Path(out).resolve()  # AutoRound runs in its own folder

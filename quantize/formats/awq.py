@@ -13,20 +13,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from ..card.markdown import Row
-from ..config import QuantizedSpec
 from ..errors import EngineError
 from ..sizes import model_tensors, safetensors_bytes
 from .autoround import AutoRoundSpec, autoround_description, run_autoround
 from .clients import TRANSFORMERS, VLLM_CPU, Support
-from .gptqmodel import (
-    EngineResult,
-    GPTQModelFormat,
-    engine_config,
-    publish_configs,
-    run_gptqmodel,
-    written_quantize_config,
-)
+from .gptqmodel import EngineResult, GPTQModelFormat, QuantizedSpec, run_gptqmodel
+from .sections import Row
+from .weightfolder import engine_config, publish_configs, written_quantize_config
 
 
 class AWQSpec(QuantizedSpec):

@@ -1,9 +1,11 @@
 """The one protocol every output format implements, so nothing outside `formats/` asks which format it holds.
 
-A format is a spec model (its fields in variants.yaml), its names and branches, its size
-and memory prediction, its build step, its loader for scoring, its card sections and its
-publish targets. Stages call these hooks; a new format is one module and one registry line
-(`formats/__init__.py`), as mergekit's merge methods are.
+A format's core is six answers: its names and branch, its file size, each build stage's
+memory and disk, its build step, its loader for scoring, and which clients load its files
+(plus `spec_type`, `name`, `title` and `engine_packages`). Everything else (calibration,
+validation, plan wording, card sections, publish targets) is a capability with a default
+here. A new format is one module (built in: one line in `formats/__init__.py`; outside
+this package: an entry point in the `quantize.formats` group), as mergekit's merge methods are.
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from ..card import CardInputs, Row
-    from ..config import Project, Variant
-    from ..measure import Stages
-    from ..plan import Planner
-    from .clients import Support
+from ..basemodel import ResolvedBase
+from ..calibration import CalibrationSet
+from ..config import Project, Variant
+from ..estimate import Estimator, Needs
+from ..measure import Stages
+from ..records import TensorMix
+from .clients import Support, loading, table_rows
+from .sections import CardInputs, Row, base_ppl, branch_cell, gb, quality, table
+
+DEFAULT_RUN_SEQ_LEN = 4096  # the context `plan` sizes the run memory for, where a format has no length of its own
 
 
 @dataclass
@@ -31,7 +37,7 @@ class EngineResult:
     device: str
     dtype: str
     module_losses: list[dict] = field(default_factory=list)
-    mix: Any = None  # records.TensorMix, for a file whose per-tensor types were chosen to a budget
+    mix: TensorMix | None = None  # for a file whose per-tensor types were chosen to a budget
 
 
 @dataclass
@@ -40,8 +46,8 @@ class BuildJob:
 
     project: Project
     variant: Variant
-    base: Any  # basemodel.ResolvedBase
-    calibration: Any  # calibration.CalibrationSet | None
+    base: ResolvedBase
+    calibration: CalibrationSet | None
     out: Path
     stages: Stages
 
@@ -57,16 +63,6 @@ class Scorer(Protocol):
 
 
 @dataclass(frozen=True)
-class Needs:
-    """One stage's predicted peak: RAM, VRAM (when on a GPU) and disk it writes (out/ or the cache)."""
-
-    ram: int = 0
-    vram: int = 0
-    disk_out: int = 0
-    disk_cache: int = 0
-
-
-@dataclass(frozen=True)
 class PlanWork:
     """A variant's plan entry besides its size: the file it writes, the work it implies, its run length."""
 
@@ -77,31 +73,62 @@ class PlanWork:
 
 
 class Format(ABC):
+    """A format's core: what every format must answer. The rest of the class are capabilities
+    with defaults (calibration, validation, plan presentation, card sections, publish targets),
+    which a format overrides only where it differs; no flag stands in for such a switch."""
+
     name: ClassVar[str]  # as written in variants.yaml: `format: gptq`
     title: ClassVar[str]  # GPTQ: card titles and the repo suffix (`...-GPTQ`)
     spec_type: ClassVar[type[BaseModel]]
     engine_packages: ClassVar[tuple[str, ...]]  # versions that go into a variant's inputs hash
-    family_line: ClassVar[str]  # the card's "Repositories available" entry
-    family_rank: ClassVar[int]  # where that entry goes in the list
-    plot_marker: ClassVar[str]
-    needs_default: ClassVar[bool] = True  # several variants need one marked default (it goes on `main`)
+    # Further packages whose versions reports record (and cards may name) without changing the inputs hash.
+    recorded_packages: ClassVar[tuple[str, ...]] = ()
+    # Spec field -> the fix a config error on that field names (`variants[3].bits: ...; fix: use 4 or 8`).
+    field_fixes: ClassVar[dict[str, str]] = {}
+    family_rank: ClassVar[int] = 100  # where the card's "Repositories available" entry goes in the list
+    plot_marker: ClassVar[str] = "x"  # the comparison plot's marker for this format's points
 
-    # -- names and config --------------------------------------------------------------------------------------
+    # -- core ------------------------------------------------------------------------------------------------
     @abstractmethod
     def names(self, spec) -> tuple[str, str]:
         """(short name people type, hub branch)."""
 
+    @abstractmethod
+    def predict_bytes(self, planner: Estimator, spec) -> int | None:
+        """The file size the build will write, from config.json (and tokenizer files) alone."""
+
+    @abstractmethod
+    def stage_needs(self, planner: Estimator, variant: Variant) -> dict[str, Needs]:
+        """Each build stage's predicted peak (RAM, VRAM, disk), by stage name: what preflight checks."""
+
+    @abstractmethod
+    def build(self, job: BuildJob) -> EngineResult: ...
+
+    @abstractmethod
+    def load(self, folder: Path, variant: Variant, n_ctx: int, base_config: dict) -> Scorer:
+        """The built files loaded as the checks score them."""
+
+    @abstractmethod
+    def support(self, spec) -> list[Support]:
+        """Which clients load this file, as tested (formats/clients.py): the one source for plan and cards."""
+
+    # -- config ------------------------------------------------------------------------------------------------
     def complete(self, spec, top_level: str):
         """The spec with defaults that depend on the project filled in (GGUF: the imatrix recipe); as is by default."""
         return spec
 
     def calibration(self, spec, top_level: str) -> str | None:
-        """The calibration recipe this variant needs tokens from, if any."""
-        return spec.calibration or top_level
+        """The calibration recipe this variant needs tokens from, if any: the spec's own, else the project's."""
+        return getattr(spec, "calibration", None) or top_level
 
     def calibration_overrides(self, spec) -> tuple[int | None, int | None]:
         """(samples, seq_len) overriding the recipe's."""
-        return spec.samples, spec.seq_len
+        return getattr(spec, "samples", None), getattr(spec, "seq_len", None)
+
+    def needs_marked_default(self, variants: list) -> bool:
+        """Whether these variants of one repo need one marked `default: true` (it goes on `main`):
+        by default when there are several, as a repo's `main` holds one of them."""
+        return len(variants) > 1
 
     def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:  # noqa: B027
         """Refuse, from config.json alone, what this format cannot build (before any work); none by default."""
@@ -114,26 +141,13 @@ class Format(ABC):
         """Extra inputs beyond package versions that change the bytes (converter versions...)."""
         return {}
 
-    # -- plan ----------------------------------------------------------------------------------------------------
-    @abstractmethod
-    def predict_bytes(self, planner: Planner, spec) -> int | None:
-        """The file size the build will write, from config.json (and tokenizer files) alone."""
-
-    @abstractmethod
-    def plan_work(self, planner: Planner, variant: Variant) -> PlanWork: ...
-
-    @abstractmethod
-    def stage_needs(self, planner: Planner, variant: Variant) -> dict[str, Needs]:
-        """Each build stage's predicted peak (RAM, VRAM, disk), by stage name: what preflight checks."""
-
-    @abstractmethod
-    def support(self, spec) -> list[Support]:
-        """Which clients load this file, as tested (formats/clients.py): the one source for plan and cards."""
+    # -- plan --------------------------------------------------------------------------------------------------
+    def plan_work(self, planner: Estimator, variant: Variant) -> PlanWork:
+        """The plan row's file, work and run length: the branch folder, the engine, the default run length."""
+        return PlanWork("(folder)", f"{self.title} build ({', '.join(self.engine_packages)})", DEFAULT_RUN_SEQ_LEN)
 
     def clients(self, spec) -> list[str]:
         """Clients a test saw load this file: what `plan` and the card may name."""
-        from .clients import loading
-
         return loading(self.support(spec))
 
     def runner(self, spec) -> str:
@@ -143,32 +157,66 @@ class Format(ABC):
     def plan_location(self, variant: Variant, file: str) -> str:
         return variant.branch + (" (+main)" if variant.default else "")
 
-    # -- build and check -----------------------------------------------------------------------------------------
-    @abstractmethod
-    def build(self, job: BuildJob) -> EngineResult: ...
+    def load_note(self) -> str:
+        """What `plan`'s legend says this format adds to the file size for LOAD; "" when nothing."""
+        return ""
 
-    @abstractmethod
-    def load(self, folder: Path, variant: Variant, n_ctx: int, base_config: dict) -> Scorer:
-        """The built files loaded as the checks score them."""
+    def max_ram(self, load_bytes: int | None) -> int | None:
+        """The "Max RAM required" a card states for a file; None where publishers state none (all but GGUF)."""
+        return None
 
-    max_ram_is_load: ClassVar[bool] = False  # cards state "Max RAM required" (GGUF) from the load prediction
+    # -- card and publish --------------------------------------------------------------------------------------
+    @property
+    def family_line(self) -> str:
+        """The card's "Repositories available" entry."""
+        return f"{self.title} models"
 
-    # -- card and publish ----------------------------------------------------------------------------------------
-    @abstractmethod
-    def card_tags(self, rows: list[Row]) -> list[str]: ...
+    def card_tags(self, rows: list[Row]) -> list[str]:
+        return [self.name, "quantized"]
 
-    @abstractmethod
     def card_engine(self, rows: list[Row]) -> str:
         """`gptqmodel 7.7.0`: what made the files (as their reports record), for the card's description."""
+        versions = rows[0].report.versions
+        return " + ".join(f"{p} {versions.get(p, '(unrecorded)')}" for p in self.engine_packages)
 
-    @abstractmethod
-    def card_provided(self, c: CardInputs) -> str: ...
+    def card_provided(self, c: CardInputs) -> str:
+        """The files table: one row per branch, with its size and the checks' figures."""
+        head = ["Branch", "Size", "BPW", "Loads in", "PPL", "Δ PPL", "KLD"]
+        ppl = base_ppl(c)
+        base = None if ppl is None else ["unquantized", "-", "16", "-", f"{ppl:.3f}", "-", "-"]
+        rows = [
+            [
+                branch_cell(c, r.variant),
+                gb(r.size),
+                f"{r.report.bits_per_weight:.2f}",
+                ", ".join(self.clients(r.variant.spec)),
+                *quality(r),
+            ]
+            for r in sorted(c.rows, key=lambda r: (not r.variant.default, r.report.bits_per_weight))
+        ]
+        return f"## Provided files\n\n{table(head, base, rows)}"
 
-    @abstractmethod
-    def card_download(self, c: CardInputs) -> str: ...
+    def card_download(self, c: CardInputs) -> str:
+        """How to download one branch with the hub's own client."""
+        repo = c.repo
+        example = next((r.variant.branch for r in c.rows if not r.variant.default), c.rows[0].variant.branch)
+        return "\n".join(
+            [
+                "## How to download from branches",
+                "",
+                "```shell",
+                f"hf download {repo} --revision {example} --local-dir {repo.split('/')[-1]}-{example}",
+                "```",
+                "",
+                f"With huggingface_hub older than 1.0: `huggingface-cli download {repo} --revision {example} "
+                f"--local-dir {repo.split('/')[-1]}-{example}`.",
+            ]
+        )
 
-    @abstractmethod
-    def card_usage(self, c: CardInputs) -> str: ...
+    def card_usage(self, c: CardInputs) -> str:
+        """Which clients load the files, as tested."""
+        rows = table_rows(self.support(c.rows[0].variant.spec))
+        return "## Compatibility\n\n" + table(["Client", "Loads", "Checked with", "Note"], None, rows)
 
     def targets(self, variant: Variant) -> list[tuple[str, bool]]:
         """(branch, exclusive) the variant is published to: its own branch, and `main` for the default."""

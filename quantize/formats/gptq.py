@@ -22,14 +22,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..card.markdown import Row
-from ..config import QuantizedSpec
 from ..errors import EngineError
 from ..shapes import needs_slow_cpu_kernel
 from ..sizes import model_tensors, safetensors_bytes
 from .autoround import AutoRoundSpec, autoround_description, run_autoround
 from .clients import TRANSFORMERS, VLLM_CPU, Support
-from .gptqmodel import EngineResult, GPTQModelFormat, publish_configs, run_gptqmodel, written_quantize_config
+from .gptqmodel import EngineResult, GPTQModelFormat, QuantizedSpec, run_gptqmodel
+from .sections import Row
+from .weightfolder import publish_configs, written_quantize_config
 
 # gptqmodel's GPTQ solver options, which AutoRound does not take.
 GPTQMODEL_ONLY = ("desc_act", "damp_percent", "act_group_aware", "static_groups", "mse", "gptaq", "true_sequential")
@@ -105,7 +105,7 @@ class GPTQSpec(QuantizedSpec):
 
 
 def autogptq_config(spec: GPTQSpec) -> dict:
-    """The key set AutoGPTQ-made repos publish (DESIGN.md section 4), in their order."""
+    """The key set AutoGPTQ-made repos publish in quantize_config.json (TheBloke's GPTQ repos), in their order."""
     return {
         "bits": spec.bits,
         "group_size": spec.group_size,

@@ -21,7 +21,8 @@ from ..card import PLOT_NAME, card_dir
 from ..config import Project, Variant
 from ..errors import PublishError, PublishRefused
 from ..hashing import file_sha256
-from ..outputs import write_json
+from ..outputs import variant_folder
+from ..paths import write_json
 from ..records import Report, now, read_report
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class Publisher:
         reports = {}
         for v in variants:
             try:
-                reports[v.name] = publishable(v, self.out_root / v.branch)
+                reports[v.name] = publishable(v, variant_folder(self.out_root, v))
                 self.card(v)
             except PublishRefused as err:
                 if not only_passed:
@@ -228,7 +229,7 @@ class Publisher:
 
     def publish(self, variant: Variant, report: Report) -> PublishRecord:
         """Send one variant whose `report` `publishable` has accepted, with its repo's card."""
-        folder = self.out_root / variant.branch
+        folder = variant_folder(self.out_root, variant)
         files = _local_files(folder, report, self.card(variant))
         path = self.out_root / "published" / f"{variant.branch}.json"
         last = _last_commits(path, self.transport)

@@ -20,11 +20,12 @@ from ...hashing import sha256_json, short
 from ...measure import Stages
 from ...paths import cache_dir, compute_once
 from ...records import TensorMix
-from ..base import EngineResult
-from . import GGUFSpec, file_name, mix
+from ..base import BuildJob, EngineResult
+from . import mix
 from .convert import OUTTYPES, ModelMeta, convert
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
 from .quantize import quantize_file
+from .spec import GGUFSpec, budget_bytes, file_name
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
     return load_imatrix(path)
 
 
-def build_gguf(
-    base: ResolvedBase, meta: ModelMeta, spec: GGUFSpec, calib: CalibrationSet | None, out: Path, stages: Stages
-) -> EngineResult:
-    target = out / file_name(meta.name, spec.label, imatrix=spec.imatrix is not None)
+def build_gguf(job: BuildJob, meta: ModelMeta) -> EngineResult:
+    """The variant's one file, into the job's staged folder: converted directly (F32/BF16/Q8_0...), or
+    quantized by llama.cpp from the cached F16 (and importance matrix), or mixed to a budget."""
+    base, spec, calib, stages = job.base, job.variant.spec, job.calibration, job.stages
+    target = job.out / file_name(meta.name, spec.label, imatrix=spec.imatrix is not None)
     if spec.quant_type in OUTTYPES and spec.quant_type != "F16":
         with stages.stage("convert"):
             convert(base.path, target, spec.quant_type, meta)
@@ -135,8 +137,6 @@ def build_mix(
     stages: Stages,
 ) -> EngineResult:
     """Measure (cached), choose the per-tensor types that fill the budget, and have llama.cpp write them."""
-    from . import budget_bytes
-
     with stages.stage("measure"):
         sensitivity, scales, seconds = cached_sensitivity(f16, matrix, imatrix_key(base, calib), spec.candidates, calib)
     budget = budget_bytes(spec, base.config)

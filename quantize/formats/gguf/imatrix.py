@@ -14,6 +14,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from ...streaming import LayerStream, chunk_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -25,8 +27,6 @@ def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndar
     calibration sets go through the layers in chunks of `streaming.CHUNK_TOKENS` tokens.
     """
     import torch
-
-    from ...streaming import LayerStream, chunk_rows
 
     stream = LayerStream(model_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, stream.config.num_hidden_layers)

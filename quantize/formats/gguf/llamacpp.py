@@ -43,3 +43,18 @@ def gguf_greedy(llm, ids: list[int], max_new_tokens: int, stop: int | None = Non
         if len(out) >= max_new_tokens or token == stop:
             break
     return out
+
+
+class GGUFScorer:
+    """A GGUF loaded in llama.cpp, scored on the same token ids as every other format."""
+
+    model = None  # no torch module: memory is the process's RSS
+
+    def __init__(self, path: Path, n_ctx: int):
+        self.llm = load_gguf(path, n_ctx=n_ctx)
+
+    def logits(self, window):
+        return gguf_logits(self.llm, window)
+
+    def greedy(self, ids: list[int], max_new_tokens: int, stop: int | None, pad: int | None = None) -> list[int]:
+        return gguf_greedy(self.llm, ids, max_new_tokens, stop=stop)

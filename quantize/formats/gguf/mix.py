@@ -37,7 +37,10 @@ import numpy as np
 
 from ...errors import ConfigError, EngineError, QuantizeError
 from ...progress import bar
+from ...scoring import reference, score
 from ...sizes import model_tensors
+from .llamacpp import gguf_logits, load_gguf
+from .quantize import quantize_file
 from .sizes import gguf_nbytes
 
 log = logging.getLogger(__name__)
@@ -305,9 +308,6 @@ def probe(
     output (the head's error reaches the logits directly, one layer's q_proj barely). KLD per unit of summed
     error, per class, turns them into one currency, so the walk spends bytes where the output gains most.
     """
-    from ...checks.scoring import reference, score
-    from .llamacpp import gguf_logits, load_gguf
-    from .quantize import quantize_file
 
     n_ctx = int(windows.shape[1])
     base = load_gguf(f16, n_ctx=n_ctx)
@@ -345,7 +345,6 @@ def quantize_mix(
     src: Path, dst: Path, types: dict[str, str], imatrix: dict[str, np.ndarray], file_type: str = "Q4_K_M"
 ) -> None:
     """llama.cpp writes `dst` from the F16 `src` with every tensor's type given as an exact-name override."""
-    from .quantize import quantize_file
 
     quantize_file(src, dst, file_type, imatrix, overrides=_overrides(types))
     written = {t.name: t.tensor_type.name for t in gguf.GGUFReader(dst).tensors if t.name in types}

@@ -18,6 +18,8 @@ import numpy as np
 
 from ...errors import EngineError
 from ...sizes import model_tensors
+from .convert import OUTTYPES, ModelMeta, write_general, write_hparams, write_vocab
+from .quantize import file_type
 
 _TENSOR_LINE = re.compile(r"\]\s+(\S+)\s+-\s+\[.*?type =\s+(\w+),.*?(?:\((\w+)\)|$)")
 
@@ -42,7 +44,6 @@ def write_skeleton(config: dict, path: Path, header_from: Path | None = None) ->
     With `header_from` (a checkpoint folder with tokenizer files), the metadata is the
     real converter's, so the header size matches the file a build writes.
     """
-    from .convert import OUTTYPES, ModelMeta, write_general, write_hparams, write_vocab
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -75,8 +76,6 @@ def llama_cpp_tensor_types(skeleton: Path, quant_type: str, imatrix: bool = Fals
     """{GGUF tensor name: type name} as llama.cpp would quantize the skeleton (dry run, nothing written)."""
     import llama_cpp
     import llama_cpp._logger
-
-    from .quantize import file_type
 
     lines: list[str] = []
 

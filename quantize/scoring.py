@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from ..progress import bar
+from .progress import bar
 
 log = logging.getLogger(__name__)
 

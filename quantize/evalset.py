@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from .. import resources
-from ..calibration import collect_text, load_tokens, store_tokens, tokenize_documents
-from ..config import Strict, load_yaml
-from ..errors import CalibrationError, ConfigError
-from ..hashing import sha256_bytes, sha256_json
-from ..records import EvalStats
-from ..textsource import TextSource
+from . import resources
+from .calibration import collect_text, load_tokens, store_tokens, tokenize_documents
+from .config import Strict, load_yaml
+from .errors import CalibrationError, ConfigError
+from .hashing import sha256_bytes, sha256_json
+from .records import EvalStats
+from .textsource import TextSource
 
 log = logging.getLogger(__name__)
 

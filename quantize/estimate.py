@@ -1,0 +1,87 @@
+"""What a variant's stages will cost, from the base model's config.json alone: the terms formats predict with.
+
+Kept below `formats/` (which call it from `predict_bytes` and `stage_needs`) and apart from
+`plan` (which asks the formats and presents their answers), so the arrows run one way: plan
+-> formats -> estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import shapes
+from .calibration import load_recipe
+from .config import Project
+from .devices import has_cuda
+from .evalset import find_eval, load_eval
+from .sizes import model_tensors, param_count
+
+# RSS of a Python process with torch, transformers and gptqmodel imported (bench/memory.py: 0.84 GB),
+# added to every stage's RAM: what the machine must have besides the stage's own buffers.
+PROCESS_RSS = int(0.9e9)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """One stage's predicted peak: RAM, VRAM (when on a GPU) and disk it writes (out/ or the cache)."""
+
+    ram: int = 0
+    vram: int = 0
+    disk_out: int = 0
+    disk_cache: int = 0
+
+
+def kv_cache_bytes(config: dict, seq_len: int) -> int:
+    heads = config["num_attention_heads"]
+    head_dim = shapes.head_dim(config)
+    kv = config.get("num_key_value_heads") or heads
+    return 2 * config["num_hidden_layers"] * kv * head_dim * seq_len * 2  # K and V, fp16
+
+
+def workspace_bytes(config: dict, seq_len: int) -> int:
+    """One forward at batch 1: fp32 logits plus one layer's fp16 activations (attention and MLP)."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    return seq_len * config["vocab_size"] * 4 + seq_len * (4 * hidden + 3 * inter) * 2
+
+
+class Estimator:
+    """The shared terms of every format's prediction for one project: parameters, layers, streams, checks."""
+
+    def __init__(self, project: Project, config: dict, model_dir: Path | None = None, gpu: bool | None = None):
+        self.project, self.config, self.model_dir = project, config, model_dir
+        self.params = param_count(config)
+        self.fp16_bytes = 2 * self.params
+        self.gpu = has_cuda() if gpu is None else gpu  # devices' one rule, unless a test pins the machine
+        self.cache: dict = {}  # per-format shared work (GGUF: one skeleton dry run for every type)
+
+    def layer_bytes(self, bytes_per_param: int) -> int:
+        """One decoder layer's weights at this precision (the streaming stages hold one at a time)."""
+        per_layer = [t.numel for t in model_tensors(self.config) if ".layers.0." in t.name]
+        return bytes_per_param * sum(per_layer)
+
+    def stream_needs(self, rows: int, seq_len: int) -> Needs:
+        """The unquantized model streamed layer by layer (streaming.py) over `rows` x `seq_len` tokens:
+        one layer (as read, 16-bit, and as computed), the batch's hidden states in and out and the MLP's
+        intermediate activations, the embedding and the head, and one window's logits. At 7B on a CPU this
+        predicts 4.1 GB for 8 x 512 tokens where 4.5 GB was measured (bench/full7b.py)."""
+        hidden, vocab = self.config["hidden_size"], self.config["vocab_size"]
+        width = 2 if self.gpu else 4  # half precision on a GPU, float32 on a CPU
+        states = 2 * rows * seq_len * hidden * width + 3 * rows * seq_len * self.config["intermediate_size"] * width
+        head = 2 * vocab * hidden * width + seq_len * vocab * 4
+        layer = self.layer_bytes(width) + (self.layer_bytes(2) if width != 2 else 0)
+        if self.gpu:
+            return Needs(ram=head, vram=layer + states)
+        return Needs(ram=layer + states + head)
+
+    def check_needs(self, file_bytes: int) -> Needs:
+        """The check: the base reference streamed over the eval windows, then the variant loaded and scored."""
+        recipe = load_eval(find_eval(self.project.root, self.project.config.evaluation))
+        base = self.stream_needs(recipe.max_windows, recipe.n_ctx)
+        variant = file_bytes + kv_cache_bytes(self.config, recipe.n_ctx) + workspace_bytes(self.config, recipe.n_ctx)
+        if self.gpu:
+            return Needs(ram=base.ram, vram=max(base.vram, variant))
+        return Needs(ram=max(base.ram, variant))
+
+    def recipe(self, name: str):
+        return load_recipe(self.project.recipe_path(name)).recipe

@@ -1,0 +1,106 @@
+"""The GGUF card's sections: every file with its type, size, max RAM and figures, and llama.cpp's commands."""
+
+from __future__ import annotations
+
+from ..sections import HUB, CardInputs, Row, base_ppl, chat_prompt, gb, quality, table
+from .spec import GGUF_RAM_OVERHEAD, GGUF_USE
+
+
+def _example(c: CardInputs) -> Row:
+    """The row the examples use: Q4_K_M when there is one, as most users want it."""
+    return next((r for r in c.rows if r.variant.spec.quant_type == "Q4_K_M"), c.rows[0])
+
+
+def _file(row: Row) -> str:
+    return next(f.path for f in row.report.files if f.path.endswith(".gguf"))
+
+
+def provided(c: CardInputs) -> str:
+    head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", "PPL", "Δ PPL", "KLD", "Use case"]
+    ppl = base_ppl(c)
+    base = (
+        None
+        if ppl is None
+        else ["unquantized", "-", "16", "-", "-", f"{ppl:.3f}", "-", "-", "the original model, for reference"]
+    )
+    rows = []
+    for r in sorted(c.rows, key=lambda r: (r.report.bits_per_weight, r.variant.name)):
+        spec = r.variant.spec
+        nominal, use = GGUF_USE.get(spec.label, (None, ""))
+        name = _file(r)
+        method = spec.label + (" + imatrix" if spec.imatrix else "")
+        if r.report.mix is not None:
+            mix = r.report.mix
+            method = f"per-tensor mix to {gb(mix.budget_bytes)}" + (" + imatrix" if spec.imatrix else "")
+            counts = ", ".join(f"{n} {t}" for t, n in sorted(mix.type_counts.items(), key=lambda kv: -kv[1]))
+            use = f"types chosen per tensor by measured sensitivity to fit the budget: {counts}"
+        if spec.imatrix:
+            use += f"; importance matrix from {spec.imatrix}"
+        m = r.report.checks.memory if r.report.checks else None
+        ram = gb(m.max_ram_required_bytes) if m and m.max_ram_required_bytes else "-"
+        bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"
+        rows.append(
+            [
+                f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)",
+                method,
+                bits,
+                gb(r.size),
+                ram,
+                *quality(r),
+                use,
+            ]
+        )
+    return (
+        "## Provided files\n\n"
+        + table(head, base, rows)
+        + f"\n\nMax RAM required assumes no GPU offloading: the file size plus {GGUF_RAM_OVERHEAD / 1e9:g} GB. "
+        "Offloading layers to a GPU moves that memory to VRAM."
+    )
+
+
+def download(c: CardInputs) -> str:
+    repo, row = c.repo, _example(c)
+    return "\n".join(
+        [
+            "## How to download",
+            "",
+            "Every file is on `main` and on its own branch. Fetch just the one you need:",
+            "",
+            "```shell",
+            f"hf download {repo} {_file(row)} --local-dir .",
+            f"hf download {repo} --revision {row.variant.branch} --local-dir {row.variant.branch}",
+            "```",
+            "",
+            "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same arguments.",
+        ]
+    )
+
+
+def usage(c: CardInputs) -> str:
+    first, prompt = _file(_example(c)), chat_prompt(c)
+    return "\n".join(
+        [
+            "## How to run it",
+            "",
+            "llama.cpp, as a chat (the prompt template is in the file):",
+            "",
+            "```shell",
+            f"llama-cli -m {first} -c 2048 -cnv",
+            "```",
+            "",
+            "or with a raw prompt:",
+            "",
+            "```shell",
+            f"llama-cli -m {first} -c 2048 --temp 0.7 -e -p {prompt!r}",
+            "```",
+            "",
+            "llama-cpp-python:",
+            "",
+            "```python",
+            "from llama_cpp import Llama",
+            "",
+            f"llm = Llama(model_path={first!r}, n_ctx=2048)",
+            f"print(llm({prompt!r}, max_tokens=256)['choices'][0]['text'])",
+            "```",
+        ]
+    )
