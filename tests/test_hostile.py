@@ -12,10 +12,11 @@ import pytest
 import yaml
 from conftest import run_cli, write_config
 
-from quantize import assets, card
+from quantize import assets
 from quantize.config import PypiFile
 from quantize.errors import AssetError
 from quantize.formats import gguf as gguf_format
+from quantize.formats import sections
 
 SAFE = "use 1-96 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 REPO = "use letters, digits, '-', '_' or '.' (not first or last), no '--' or '..', at most 96 characters"
@@ -147,9 +148,9 @@ def test_file_names_and_card_links_never_interpret_user_text():
         gguf_format.file_name("../../escaped", "F16")
     assert gguf_format.file_name("zephyr-7b-beta", "q4_k_m", imatrix=True) == "zephyr-7b-beta.i1-Q4_K_M.gguf"
     inputs = SimpleNamespace(repo="o/x{0}{foo}")
-    cell = card.markdown.branch_cell(inputs, SimpleNamespace(default=False, branch="gptq-4bit-32g-actorder_True"))
+    cell = sections.branch_cell(inputs, SimpleNamespace(default=False, branch="gptq-4bit-32g-actorder_True"))
     assert cell == "[gptq-4bit-32g-actorder_True](https://huggingface.co/o/x{0}{foo}/tree/gptq-4bit-32g-actorder_True)"
-    assert card.markdown.branch_cell(inputs, SimpleNamespace(default=True, branch="b")).startswith("[main](")
+    assert sections.branch_cell(inputs, SimpleNamespace(default=True, branch="b")).startswith("[main](")
 
 
 # -- 2. wheel assets ----------------------------------------------------------------------------------------------

@@ -143,18 +143,6 @@ def test_list_and_plan_the_packaged_example_from_an_unrelated_folder(fresh, tmp_
     assert proc.returncode == 2 and "no recipe named 'nosuch'" in proc.stderr and "wiki-summaries" in proc.stderr
 
 
-def test_a_gguf_variant_builds_and_checks_from_the_wheel(fresh, tmp_path, tiny_model):
-    config = write_config(tmp_path / "project", tiny_model, [{"format": "gguf", "quant_type": "Q8_0"}])
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    out = elsewhere / "out"
-    _ok(_run(fresh, "-m", "quantize", "build", "--config", str(config), "--all", "--out", str(out), cwd=elsewhere))
-    report = json.loads((out / "gguf-q8_0" / "report.json").read_text())
-    assert report["status"] == "passed" and report["checks"]["ppl"] > 0
-    assert report["versions"]["llama-cpp-python"] and report["versions"]["gguf"]
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["out"]  # nothing written beside the output root
-
-
 def _toy_project(folder: Path, tiny_model: Path) -> Path:
     gates = {**TINY_GATES, "toy": {"max_ppl_ratio": 1.05, "max_mean_kld": 0.01, "smoke": "report"}}
     return write_config(folder, tiny_model, [{"format": "toy"}, {"format": "gguf", "quant_type": "Q8_0"}], gates)
@@ -165,7 +153,9 @@ def test_an_out_of_tree_format_is_listed_planned_and_built(fresh, tmp_path, tiny
     assert "toy" not in "".join(p.read_text() for p in (ROOT / "quantize").rglob("*.py"))
     config = _toy_project(tmp_path / "project", tiny_model)
     listed = _ok(_run(fresh, "-m", "quantize", "list", "--config", str(config), cwd=tmp_path))
-    assert any(line.split()[:3] == ["toy-fp16", "toy-fp16", "toy"] for line in listed.splitlines()), listed
+    toy_line = next(line for line in listed.splitlines() if line.startswith("toy-fp16"))
+    assert toy_line.split()[:4] == ["toy-fp16", "toy-fp16", "(+main)", "toy"], listed
+    assert "calibration=" not in toy_line  # a data-free format: no calibration recipe by default
     plan = json.loads(_ok(_run(fresh, "-m", "quantize", "plan", "--config", str(config), "--json", cwd=tmp_path)))
     toy = next(r for r in plan if r["format"] == "toy")
     assert toy["clients"] == ["transformers"] and set(toy["stages"]) == {"cast", "check"} and toy["predicted_bytes"] > 0
@@ -214,3 +204,17 @@ def test_the_toy_config_is_refused_without_the_plugin(tmp_path, tiny_model):
     doc = yaml.safe_load(config.read_text())
     assert doc["variants"][0]["format"] == "toy"
     assert proc.returncode == 2 and "unknown format 'toy'" in proc.stderr
+
+
+def test_the_offline_default_builds_and_checks_a_gguf_from_the_wheel(fresh, tmp_path):
+    """The packaged SmolLM2 example, its config copied alone to an unrelated folder, built as Q8_0 and checked
+    (about a minute on 2 cores, wheels included)."""
+    site = Path(_ok(_run(fresh, "-c", "import quantize; print(quantize.__file__)", cwd=tmp_path))).parent
+    config = shutil.copy(site / "data" / "examples" / "smollm2.yaml", tmp_path / "smollm2.yaml")
+    args = ("--config", str(config), "--variant", "gguf-q8_0", "--out", str(tmp_path / "out"))
+    _ok(_run(fresh, "-m", "quantize", "build", *args, cwd=tmp_path))
+    report = json.loads((tmp_path / "out" / "gguf-q8_0" / "report.json").read_text())
+    assert report["status"] == "passed", report["checks"]
+    assert report["checks"]["mean_kld"] < 0.05 and report["checks"]["ppl"] > 1
+    assert report["versions"]["llama-cpp-python"] and report["versions"]["gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "smollm2.yaml"]  # nothing written beside them

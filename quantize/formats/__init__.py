@@ -1,7 +1,7 @@
 """The format registry: format name -> the one `Format` that knows it.
 
 The built-in formats are listed here; a package outside this one adds a format by an entry
-point in the `quantize.formats` group (`toy = "quantize_toy:Toy"`, a `Format` subclass or
+point in the `quantize.formats` group (`awq2 = "my_formats:AWQ2"`, a `Format` subclass or
 instance), found when the registry is first read. Nothing outside this package asks
 which format it holds: stages call the `Format` hooks of `of(variant)`.
 """

@@ -118,8 +118,11 @@ class Format(ABC):
         return spec
 
     def calibration(self, spec, top_level: str) -> str | None:
-        """The calibration recipe this variant needs tokens from, if any: the spec's own, else the project's."""
-        return getattr(spec, "calibration", None) or top_level
+        """The calibration recipe this variant needs tokens from, if any: a spec with a `calibration` field
+        takes its own or the project's; a spec without one (a data-free format) needs none."""
+        if "calibration" not in type(spec).model_fields:
+            return None
+        return spec.calibration or top_level
 
     def calibration_overrides(self, spec) -> tuple[int | None, int | None]:
         """(samples, seq_len) overriding the recipe's."""
