@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...errors import QuantizeError
 from ...streaming import chunk_rows
-from ..base import BuildJob, EngineResult, Format, Needs, PlanWork
+from ..base import DEFAULT_RUN_SEQ_LEN, BuildJob, EngineResult, Format, Needs, PlanWork
 from ..clients import LLAMA_CPP, Support
 from ..sections import CardInputs, Row
 from . import card
@@ -23,7 +23,6 @@ from .llamacpp import GGUFScorer
 from .mix import MEASURE_VERSION, PROBE_TOKENS, PROBE_TYPE, SAMPLE_ROWS, check_budget, measure_ram
 from .sizes import predict_gguf_many
 from .spec import (
-    DEFAULT_RUN_SEQ_LEN,
     GGUF_RAM_OVERHEAD,
     SHARD_LIMIT,
     GGUFSpec,

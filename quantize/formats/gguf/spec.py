@@ -19,7 +19,6 @@ from .mix import CANDIDATES
 from .quantize import NEEDS_IMATRIX
 
 GGUF_RAM_OVERHEAD = int(2.5e9)  # publishers' "max RAM = file size + 2.5 GB" for llama.cpp on CPU
-DEFAULT_RUN_SEQ_LEN = 4096
 SHARD_LIMIT = int(5e9)  # the largest safetensors shard the hub's writers make (transformers' default max_shard_size)
 
 # What each llama.cpp type is for, in one line; nominal bits as people quote them.

@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...shapes import check_group_size
-from ..base import BuildJob, EngineResult, Format, Needs, PlanWork
+from ..base import DEFAULT_RUN_SEQ_LEN, BuildJob, EngineResult, Format, Needs, PlanWork
 from ..clients import MLX_LM, Support
 from ..sections import CardInputs, Row
 from . import card
 from .engine import MLXScorer, check_architecture, convert, finish
-from .spec import RUN_SEQ_LEN, MLXSpec, dtype_of, mlx_name, predict_bytes
+from .spec import MLXSpec, dtype_of, mlx_name, predict_bytes
 
 __all__ = ["MLX", "MLXScorer", "MLXSpec", "mlx_name", "predict_bytes"]
 
@@ -53,7 +53,9 @@ class MLX(Format):
         return predict_bytes(planner.config, spec)
 
     def plan_work(self, planner, variant) -> PlanWork:
-        return PlanWork("model.safetensors", "mlx-lm conversion (round to nearest, no calibration)", RUN_SEQ_LEN)
+        return PlanWork(
+            "model.safetensors", "mlx-lm conversion (round to nearest, no calibration)", DEFAULT_RUN_SEQ_LEN
+        )
 
     def stage_needs(self, planner, variant) -> dict[str, Needs]:
         """mlx-lm maps the base lazily and evaluates the quantized model shard by shard as it saves: about the

@@ -15,7 +15,6 @@ BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64  # mlx-lm's and mlx-community's
 RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")  # mlx_lm.convert's quant predicates
-RUN_SEQ_LEN = 4096  # the context `plan` sizes the run memory for (no calibration length to go by)
 # Published model configs carry the dtype; mlx-lm converts floats to it (norms, scales, unquantized tensors).
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 LEAKED_TOKENIZER_KEYS = ("is_local", "local_files_only")  # transformers 5 writes them on save_pretrained
