@@ -174,6 +174,9 @@ class ProjectConfig(Strict):
     calibration: SafeName = "wikitext2"
     evaluation: SafeName = Field("wikitext2-test", description="perplexity/KLD text in eval/")
     smoke: SafeName = Field("smoke", description="smoke chat prompts in eval/")
+    chat_evaluation: SafeName | None = Field(
+        "chat", description="KLD on assistant turns (an eval/ file of `kind: chat`); null: none"
+    )
     gates: SafeName = Field("gates", description="quality gates per format in eval/")
     quantized_by: str | None = None
     variants: list[dict[str, Any]] = Field(min_length=1)

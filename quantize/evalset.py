@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from . import resources
 from .calibration import collect_text, load_tokens, store_tokens, tokenize_documents
-from .config import Strict, load_yaml
+from .config import SafeName, Strict, load_yaml
 from .errors import CalibrationError, ConfigError
 from .hashing import sha256_bytes, sha256_json
 from .records import EvalStats
@@ -28,12 +29,26 @@ log = logging.getLogger(__name__)
 class EvalRecipe(Strict):
     """`eval/NAME.yaml`: where the held-out text comes from and how much of it to score."""
 
+    kind: Literal["text"] = "text"
     description: str = ""
     source: TextSource
     join: str = "\n\n"
     min_chars: int = Field(0, ge=0)
     n_ctx: int = Field(512, gt=1)
     max_windows: int = Field(16, gt=0, description="score at most this many windows (the first ones)")
+
+
+class ChatRecipe(Strict):
+    """`eval/NAME.yaml` with `kind: chat`: conversations scored on their assistant turns.
+
+    The conversations are a smoke suite's prompts rendered through the template, each answered by
+    the base model's own greedy reply: the reference is on the model's distribution (a written
+    answer would measure how the base disagrees with its author, not what quantization lost)."""
+
+    kind: Literal["chat"]
+    description: str = ""
+    suite: SafeName | None = Field(None, description="the smoke suite in eval/ whose prompts are asked; the project's")
+    max_new_tokens: int = Field(96, gt=0, le=1024, description="length of the base's replies, the scored turns")
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,10 @@ def find_eval(root: Path, name: str) -> Path:
 
 def load_eval(path: Path) -> EvalRecipe:
     return load_yaml(path, "eval recipe", EvalRecipe)
+
+
+def load_chat_eval(path: Path) -> ChatRecipe:
+    return load_yaml(path, "chat eval recipe", ChatRecipe)
 
 
 def eval_set(path: Path, tokenizer, tokenizer_hash: str) -> EvalSet:

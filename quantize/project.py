@@ -25,7 +25,7 @@ from .checks.gates import load_gates
 from .checks.smoke import load_suite
 from .config import Project, ProjectConfig, Variant, find_recipe, load_yaml, pydantic_error, repo_id_problem
 from .errors import ConfigError
-from .evalset import load_eval
+from .evalset import ChatRecipe, load_chat_eval, load_eval
 
 # A matrix is a few dozen variants; thousands means a typo or a hostile file, and each one costs hours.
 MAX_VARIANTS = 1000
@@ -141,12 +141,24 @@ def parse_config(data: Any, file: Path) -> Project:
             variants.append(_resolve(spec, cfg))
 
     # The eval files and recipes are read now, not after an hour of quantization.
-    for field, load in (("evaluation", load_eval), ("smoke", load_suite), ("gates", load_gates)):
+    for field, load in (
+        ("evaluation", load_eval),
+        ("smoke", load_suite),
+        ("gates", load_gates),
+        ("chat_evaluation", load_chat_eval),
+    ):
         name = getattr(cfg, field)
+        if name is None:
+            continue
         found = resources.find("eval", name, file.parent)
         if found is None:
             raise ConfigError(file, field, f"no eval/{name}.yaml", "add the file or name an existing one")
-        load(found)
+        loaded_file = load(found)
+        if isinstance(loaded_file, ChatRecipe) and loaded_file.suite is not None:
+            suite = resources.find("eval", loaded_file.suite, file.parent)
+            if suite is None:
+                raise ConfigError(found, "suite", f"no eval/{loaded_file.suite}.yaml", "name an existing smoke suite")
+            load_suite(suite)
     _check_unique(file, variants)
     variants = _assign_defaults(file, variants)
     loaded: set[str] = set()

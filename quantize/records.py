@@ -63,9 +63,52 @@ class EvalStats(BaseModel):
 
 
 class Reply(BaseModel):
+    """One smoke prompt's greedy reply; beside the base model's own once judged against it."""
+
     prompt: str
     reply: str
-    problems: list[str]
+    problems: list[str]  # this reply's, judged alone
+    kind: str = ""
+    ids: list[int] = []  # the reply's token ids (agreement with the base is counted on ids, not text)
+    skipped: str | None = None  # why the prompt was not asked (a multi-turn prompt and no chat template)
+    base_reply: str | None = None
+    base_problems: list[str] = []
+    new_problems: list[str] = []  # problems the base's reply does not have: what the gate counts
+    agree_tokens: int | None = None  # tokens identical to the base's greedy reply before the first divergence
+    same_share: float | None = None  # share of positions holding the base's token, over the longer reply
+
+
+class SmokeSummary(BaseModel):
+    """The smoke suite in counts: how many prompts the variant and the base answer without a problem."""
+
+    suite: str
+    prompts: int  # asked (skipped ones left out)
+    passed: int  # the variant's replies without any problem
+    base_passed: int  # the base model's
+    regressions: int  # prompts with a problem the base's reply does not have
+    mean_agree_tokens: float
+    mean_same_share: float
+
+
+class ChatStats(BaseModel):
+    """What a chat eval scored: the suite's conversations, the base's replies as assistant turns."""
+
+    eval: str
+    suite: str
+    hash: str
+    conversations: int
+    n_ctx: int  # the longest conversation (the windows' width)
+    scored_tokens: int  # assistant tokens
+
+
+class ChatScores(BaseModel):
+    eval: ChatStats
+    base_ppl: float
+    ppl: float
+    ppl_ratio: float
+    mean_kld: float
+    p99_kld: float
+    top1_agreement: float
 
 
 class Verdict(BaseModel):
@@ -97,6 +140,8 @@ class CheckReport(BaseModel):
     memory: Memory
     template_problem: str | None
     replies: list[Reply]
+    smoke: SmokeSummary | None = None  # None in reports written before smoke was judged against the base
+    chat: ChatScores | None = None  # KLD on assistant turns; None when the project has no chat eval
     verdicts: list[Verdict]
     passed: bool
 

@@ -82,6 +82,13 @@ TINY_GATES = {  # a random 2-layer model: loose limits, smoke replies recorded, 
 }
 
 
+TINY_PROMPTS = [  # one single-turn, one persona and one two-turn prompt: every way the suite renders
+    {"prompt": "What is the capital of France?", "kind": "facts"},
+    {"prompt": "Say hello.", "system": "You are a pirate.", "kind": "persona"},
+    {"prompt": "Which city?", "history": [{"user": "I live in Lisbon.", "assistant": "Nice!"}], "kind": "two-turn"},
+]
+
+
 def write_config(folder: Path, base: Path, variants: list[dict], gates: dict | None = None, **extra) -> Path:
     """A variants file for the tiny model, calibrated and evaluated on small slices of the wiki text."""
     import yaml
@@ -97,9 +104,7 @@ def write_config(folder: Path, base: Path, variants: list[dict], gates: dict | N
             }
         )
     )
-    (folder / "eval" / "tiny-smoke.yaml").write_text(
-        yaml.safe_dump({"max_new_tokens": 8, "prompts": [{"prompt": "What is the capital of France?"}]})
-    )
+    (folder / "eval" / "tiny-smoke.yaml").write_text(yaml.safe_dump({"max_new_tokens": 8, "prompts": TINY_PROMPTS}))
     (folder / "eval" / "tiny-gates.yaml").write_text(yaml.safe_dump(gates or TINY_GATES))
     (folder / "calibration").mkdir(parents=True, exist_ok=True)
     recipe = {

@@ -61,12 +61,14 @@ def test_two_shards_share_one_cold_cache_and_one_out(tmp_path, tiny_model):
     # Each shared entry was computed by exactly one of the two processes; the other waited and reused it.
     assert stderr.count("converting tiny-mistral to F16 GGUF") == 1, stderr
     assert stderr.count("base log-probs: scoring the base model") == 1, stderr
+    assert stderr.count("base replies: 3 prompts") == 1 and stderr.count("base chat log-probs: 3 conversations") == 1
     assert stderr.count("calibration tiny: tokenizing") + stderr.count("calibration tiny: cache hit") >= 1
     for branch in ("gguf-q8_0", "gguf-i1-q4_k_m"):
         report = json.loads((out / branch / "report.json").read_text())
         assert report["status"] == "passed", branch
     assert len(list((cache / "gguf").glob("*/tiny-mistral.F16.gguf"))) == 1
-    assert len(list((cache / "reference").glob("*.npz"))) == 1
+    assert len(list((cache / "reference").glob("*.npz"))) == 2  # the text reference and the chat one
+    assert len(list((cache / "replies").glob("*.json"))) == 1
     assert len(list((cache / "eval").glob("*.npy"))) == 1 and len(list((cache / "eval").glob("*.json"))) == 1
     assert leftovers(cache) == [] and leftovers(out) == []
 

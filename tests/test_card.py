@@ -75,6 +75,8 @@ def test_provided_files_rows_come_from_the_reports():
         "PPL",
         "Δ PPL",
         "KLD",
+        "Chat KLD",
+        "Smoke",
         "VRAM",
         "Desc",
     ]
@@ -83,6 +85,8 @@ def test_provided_files_rows_come_from_the_reports():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         ch = row.report.checks
         assert cells[9] == f"{ch.ppl:.3f}" and cells[10] == f"{ch.ppl_delta:+.3f}" and cells[11] == f"{ch.mean_kld:.4f}"
+        assert cells[12] == f"{ch.chat.mean_kld:.4f}"
+        assert cells[13] == f"{ch.smoke.passed}/{ch.smoke.prompts} (base {ch.smoke.base_passed})"
         assert cells[1] == str(row.variant.spec.bits) and cells[6] == str(row.report.inputs.calibration.seq_len)
     assert re.search(
         r"\| \[main\]\(.*\) \(= gptq-4bit-32g-actorder_True\) \| 4 \| 32 \| True \(static\) \| 0\.1 \|", card

@@ -136,3 +136,72 @@ def test_report_table_json_and_plot(built):
     png = (built["out"] / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert np.isfinite([r["kld"] for r in data["variants"] if r["kld"] is not None]).all()
+
+
+def test_smoke_is_judged_against_the_base_model(built):
+    """Every variant's replies sit beside the base's own greedy replies to the same ids, with agreement counted."""
+    base_replies = None
+    for name, report in built["reports"].items():
+        c = report["checks"]
+        sm = c["smoke"]
+        assert sm["suite"] == "tiny-smoke" and sm["prompts"] == 3 and len(c["replies"]) == 3, name
+        assert [r["kind"] for r in c["replies"]] == ["facts", "persona", "two-turn"]
+        for r in c["replies"]:
+            assert r["base_reply"] is not None and r["skipped"] is None and 0 < len(r["ids"]) <= 8
+            assert 0 <= r["agree_tokens"] <= len(r["ids"]) and 0.0 <= r["same_share"] <= 1.0
+            assert set(r["new_problems"]) <= set(r["problems"])
+        mine = [r["base_reply"] for r in c["replies"]]
+        assert base_replies in (None, mine), name  # one base, computed once, the same for every variant
+        base_replies = mine
+        assert sm["passed"] == sum(not r["problems"] for r in c["replies"])
+        assert sm["regressions"] == sum(bool(r["new_problems"]) for r in c["replies"])
+
+
+def test_chat_kld_on_assistant_turns(built):
+    """The chat eval scores the base's replies as assistant turns; F16 matches the base there too, 4-bit does not."""
+    r = {name: built["reports"][name]["checks"]["chat"] for name in built["reports"]}
+    stats = r["gguf-f16"]["eval"]
+    assert stats["eval"] == "chat" and stats["suite"] == "tiny-smoke" and stats["conversations"] == 3
+    assert 3 <= stats["scored_tokens"] <= 3 * 96
+    assert all(c["eval"] == stats for c in r.values())  # the same conversations for every format
+    assert r["gguf-f16"]["mean_kld"] < 1e-3 and r["gguf-f16"]["ppl"] == pytest.approx(r["gguf-f16"]["base_ppl"], 0.01)
+    assert r["gguf-f16"]["mean_kld"] < r["gguf-q8_0"]["mean_kld"] < r["gguf-i1-q4_k_m"]["mean_kld"]
+    assert r["gptq-8bit-32g-actorder_True"]["mean_kld"] < r["gptq-4bit-32g-actorder_True"]["mean_kld"]
+
+
+def test_chat_positions_score_only_the_marked_tokens(built):
+    """Reference and score on marked positions agree with a direct computation; padding after the last scored
+    token changes nothing; a different model on the same positions has a KLD above zero (negative control)."""
+    from quantize.checks.chat import chat_set
+
+    fn = hf_logits_fn(built["base"], dtype=torch.float32)
+    asked = [[1, 40, 41, 42], None, [1, 50, 51]]
+    answers = [[60, 61, 62, 2], [70], [80, 81, 82, 83, 84, 85]]
+    found = chat_set("chat", "s", asked, answers, 5, pad=2)
+    assert found is not None and found.stats.conversations == 2 and found.stats.scored_tokens == 4 + 5
+    assert found.windows.shape == (2, 8) and found.windows[0, -1] == 2  # right-padded
+    ref = reference(found.windows, fn, positions=found.positions)
+    logits = fn(found.windows[1])
+    lp = (
+        logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1)[:, None]
+    )
+    assert ref.target_lp[4:] == pytest.approx([lp[t - 1, found.windows[1, t]] for t in range(3, 8)], abs=1e-4)
+    same = score(found.windows, fn, ref, positions=found.positions)
+    assert same.mean_kld < 1e-9 and same.tokens == 9
+    other = hf_logits_fn(built["out"] / "gptq-4bit-32g-actorder_True", dtype=torch.float32)
+    assert score(found.windows, other, ref, positions=found.positions).mean_kld > 1e-5  # same model: < 1e-9
+
+
+def test_base_replies_are_cached(built):
+    proc = run_cli("check", "--config", str(built["config"]), "--out", str(built["out"]), "--variant", "gguf-q8_0")
+    assert proc.returncode == 0 and "already checked" in proc.stderr
+    proc = run_cli(
+        "check", "--config", str(built["config"]), "--out", str(built["out"]), "--variant", "gguf-q8_0", "--force"
+    )
+    assert (
+        proc.returncode == 0
+        and "base replies: cache hit" in proc.stderr
+        and "base chat log-probs: cache hit" in proc.stderr
+    )
+    again = json.loads((built["out"] / "gguf-q8_0" / "report.json").read_text())["checks"]
+    assert again["replies"] == built["reports"]["gguf-q8_0"]["checks"]["replies"]

@@ -150,7 +150,7 @@ def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
     from transformers import AutoTokenizer
 
     from quantize.basemodel import resolve_base
-    from quantize.checks.smoke import load_suite, render
+    from quantize.checks.smoke import load_suite, prompt_ids
     from quantize.evalset import eval_set, find_eval
 
     base = resolve_base(project)  # the checks' own tokenizer and key: the very windows the report was scored on
@@ -159,7 +159,8 @@ def test_the_published_smollm2_default_is_served_by_vllm(vllm, tmp_path):
     assert es.stats.hash == report["checks"]["eval"]["hash"]
     suite = load_suite(find_eval(project.root, project.config.smoke))
     cfg = project.config
-    prompts = [tokenizer(render(cfg.prompt_template, p, cfg.system_prompt))["input_ids"] for p in suite.prompts]
+    asked = [prompt_ids(cfg.prompt_template, p, cfg.system_prompt, tokenizer) for p in suite.prompts]
+    prompts = [ids for ids in asked if ids is not None]  # the checks' own ids, two-turn prompts included
     result = vllm_run(vllm, tmp_path, folder, es.windows, prompts, max_new_tokens=24, max_model_len=es.stats.n_ctx + 32)
     if row.loads is False:
         assert not result["loaded"] and row.refusal in result["error"], result["error"]

@@ -124,6 +124,7 @@ BUILD, CARD, PUBLISH = (
             SAFE,
         ),
         (BUILD, {}, {"smoke": "/etc/smoke"}, "smoke", "'/etc/smoke' is not a safe file name", SAFE),
+        (BUILD, {}, {"chat_evaluation": "../chat"}, "chat_evaluation", "'../chat' is not a safe file name", SAFE),
     ],
 )
 def test_names_that_become_paths_are_refused_at_load(work, args, base, extra, field, problem, fix):
@@ -321,6 +322,34 @@ def test_prompt_template_with_unknown_placeholders(work, template, problem):
             "source: {files: [a.txt]}\nn_ctx: 1\n",
             "n_ctx",
             "Input should be greater than 1",
+            "compare with the examples under quantize/data/",
+        ),
+        (
+            "eval/chat.yaml",
+            "kind: text\n",
+            "kind",
+            "Input should be 'chat'",
+            "compare with the examples under quantize/data/",
+        ),
+        (
+            "eval/chat.yaml",
+            "kind: chat\nsuite: no-such-suite\n",
+            "suite",
+            "no eval/no-such-suite.yaml",
+            "name an existing smoke suite",
+        ),
+        (
+            "eval/tiny-smoke.yaml",
+            "prompts:\n  - {prompt: Hi, history: [{user: a}]}\n",
+            "prompts.0.history.0.assistant",
+            "required field is missing",
+            "compare with the examples under quantize/data/",
+        ),
+        (
+            "eval/tiny-gates.yaml",
+            "gguf: {smoke_tolerance: -1}\n",
+            "gguf.smoke_tolerance",
+            "Input should be greater than or equal to 0",
             "compare with the examples under quantize/data/",
         ),
         (

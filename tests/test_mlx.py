@@ -138,6 +138,10 @@ def test_checks_score_the_same_tokens_and_rank_by_bits(built):
     assert checks["mlx-8bit"]["mean_kld"] < 1e-3 and checks["mlx-8bit"]["top1_agreement"] > 0.9
     for c in checks.values():
         assert c["replies"] and c["memory"]["peak_rss_bytes"] > 1e8
+        assert c["smoke"]["prompts"] == 3 and all(r["base_reply"] is not None for r in c["replies"])
+    # the chat eval through mlx-lm: the same assistant tokens, ranked by bits like the plain text
+    assert len({c["chat"]["eval"]["hash"] for c in checks.values()}) == 1
+    assert checks["mlx-8bit"]["chat"]["mean_kld"] < checks["mlx-3bit-32g"]["chat"]["mean_kld"]
 
 
 def test_a_corrupted_scale_fails_the_logits_bound(built, tmp_path):

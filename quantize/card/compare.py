@@ -11,7 +11,20 @@ from ..outputs import model_bytes, variant_folder
 from ..paths import write_json
 from ..records import read_report
 
-COLUMNS = ("format", "variant", "size_gb", "bpw", "ppl", "delta", "kld", "top1", "memory_gb", "gate")
+COLUMNS = (
+    "format",
+    "variant",
+    "size_gb",
+    "bpw",
+    "ppl",
+    "delta",
+    "kld",
+    "top1",
+    "chat_kld",
+    "smoke",
+    "memory_gb",
+    "gate",
+)
 
 
 @dataclass
@@ -32,12 +45,27 @@ class Table:
             f(row["delta"], "+.3f"),
             f(row["kld"], ".4f"),
             "-" if row["top1"] is None else f"{100 * row['top1']:.1f}%",
+            f(row["chat_kld"], ".4f"),
+            row["smoke"] or "-",
             f(row["memory_gb"], ".2f"),
             row["gate"],
         ]
 
     def _all(self) -> list[list[str]]:
-        header = ["FORMAT", "VARIANT", "SIZE GB", "BPW", "PPL", "DELTA", "KLD", "TOP-1", "MEM GB", "GATE"]
+        header = [
+            "FORMAT",
+            "VARIANT",
+            "SIZE GB",
+            "BPW",
+            "PPL",
+            "DELTA",
+            "KLD",
+            "TOP-1",
+            "CHAT KLD",
+            "SMOKE",
+            "MEM GB",
+            "GATE",
+        ]
         lines = [header]
         if self.base:
             lines.append(self._cells(self.base))
@@ -73,6 +101,8 @@ def collect(project: Project, out_root: Path) -> Table:
                     "delta": 0.0,
                     "kld": 0.0,
                     "top1": 1.0,
+                    "chat_kld": 0.0 if c.chat else None,
+                    "smoke": f"{c.smoke.base_passed}/{c.smoke.prompts}" if c.smoke else None,
                     "memory_gb": None,
                     "gate": "-",
                 }
@@ -86,6 +116,8 @@ def collect(project: Project, out_root: Path) -> Table:
                 "delta": c and c.ppl_delta,
                 "kld": c and c.mean_kld,
                 "top1": c and c.top1_agreement,
+                "chat_kld": c.chat.mean_kld if c and c.chat else None,
+                "smoke": f"{c.smoke.passed}/{c.smoke.prompts}" if c and c.smoke else None,
                 "memory_gb": memory,
                 "gate": {"passed": "pass", "failed": "FAIL", "built": "unchecked"}[report.status],
             }

@@ -80,6 +80,22 @@ def _title(c: CardInputs) -> str:
         )
         + ", memory, and a short chat in the prompt template below.",
     ]
+    checks = next((r.report.checks for r in c.rows if r.report.checks), None)
+    if checks is not None and checks.chat is not None:
+        ch = checks.chat.eval
+        lines += [
+            "",
+            f"Chat KLD is the same divergence on the assistant turns of {ch.conversations} conversations in that "
+            f"template ({ch.scored_tokens:,} tokens), the unquantized model's own greedy replies being the turns.",
+        ]
+    if checks is not None and checks.smoke is not None:
+        lines += [
+            "",
+            f"Smoke counts the greedy replies to {checks.smoke.prompts} chat prompts (facts, instructions, lists, "
+            "translation, arithmetic, code, a persona, two-turn) that are not empty, leak no role marker and do "
+            "not loop, beside the unquantized model's count on the same prompts: a file fails only for a "
+            "problem the unquantized model's reply does not have.",
+        ]
     return "\n".join(lines)
 
 

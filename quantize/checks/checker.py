@@ -2,8 +2,9 @@
 
 The base model's perplexity and compact log-probabilities are computed once per (base
 model, eval set) and cached; each variant is then scored on the same windows of the same
-token ids, whatever its format. The verdict goes into the variant's report.json, where
-`publish` reads it.
+token ids, whatever its format. So are the base's greedy replies to the smoke suite, which
+every variant's replies are judged against, and its log-probabilities on the chat eval's
+assistant turns. The verdict goes into the variant's report.json, where `publish` reads it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from ..config import Variant
 from ..context import RunContext
 from ..devices import has_cuda
 from ..errors import QuantizeError
-from ..evalset import eval_set, find_eval
+from ..evalset import eval_set, find_eval, load_chat_eval
 from ..hashing import sha256_json, short
 from ..measure import Stages
 from ..paths import cache_dir, compute_once
-from ..records import CheckReport, Memory, Reply, Report, read_report
+from ..records import ChatScores, CheckReport, Memory, Reply, Report, SmokeSummary, read_report
 from ..scoring import Reference, Scores, reference, score
 from ..streaming import LayerStream
+from .chat import ChatSet, ask, base_answers, chat_set, to_reply
 from .gates import judge, load_gates
-from .smoke import load_suite, render, reply_problems, template_problem
+from .smoke import SmokeSuite, against_base, load_suite, prompt_ids, template_problem
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,18 @@ class Checker:
         root = self.project.root
         cfg = self.project.config
         self.eval_path = find_eval(root, cfg.evaluation)
-        self.smoke = load_suite(find_eval(root, cfg.smoke))
+        self.suites: dict[str, SmokeSuite] = {cfg.smoke: load_suite(find_eval(root, cfg.smoke))}
+        self.smoke = self.suites[cfg.smoke]
+        self.chat = load_chat_eval(find_eval(root, cfg.chat_evaluation)) if cfg.chat_evaluation else None
+        self.chat_suite = (self.chat.suite or cfg.smoke) if self.chat else None
+        if self.chat_suite is not None and self.chat_suite not in self.suites:
+            self.suites[self.chat_suite] = load_suite(find_eval(root, self.chat_suite))
         self.gates = load_gates(find_eval(root, cfg.gates))
         self._evalset = None
         self._base: tuple[Scores, Reference] | None = None
+        self._asked: dict[str, list[list[int] | None]] = {}
+        self._answers: dict[str, list[list[int] | None]] = {}
+        self._chat: tuple[ChatSet, Reference] | None = None
 
     def evalset(self):
         if self._evalset is None:
@@ -67,25 +77,78 @@ class Checker:
             self._base = (ref.scores(), ref)
         return self._base
 
+    def asked(self, suite: str) -> list[list[int] | None]:
+        """Each prompt of `suite` as token ids through the template (None: cannot be rendered here)."""
+        if suite not in self._asked:
+            cfg, tokenizer = self.project.config, self.ctx.tokenizer()
+            self._asked[suite] = [
+                prompt_ids(cfg.prompt_template, p, cfg.system_prompt, tokenizer) for p in self.suites[suite].prompts
+            ]
+        return self._asked[suite]
+
+    def base_replies(self, suite: str) -> list[list[int] | None]:
+        """The base's greedy replies to `suite`, long enough for the smoke check and the chat eval both."""
+        if suite not in self._answers:
+            length = self.suites[suite].max_new_tokens
+            if self.chat is not None and suite == self.chat_suite:
+                length = max(length, self.chat.max_new_tokens)
+            self._answers[suite] = base_answers(self.ctx.base, self.asked(suite), length, self.ctx.tokenizer())
+        return self._answers[suite]
+
+    def chat_reference(self) -> tuple[ChatSet, Reference] | None:
+        """The chat eval's conversations and the base's log-probs on their assistant tokens (None: no chat eval)."""
+        if self.chat is None or self.chat_suite is None:
+            return None
+        if self._chat is None:
+            tokenizer = self.ctx.tokenizer()
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            name = self.project.config.chat_evaluation or ""
+            found = chat_set(
+                name,
+                self.chat_suite,
+                self.asked(self.chat_suite),
+                self.base_replies(self.chat_suite),
+                self.chat.max_new_tokens,
+                pad,
+            )
+            if found is None:
+                return None
+            key = short(sha256_json({"base": self.ctx.base.hash, "chat": found.stats.hash}))
+            ref_file = cache_dir() / "reference" / f"chat-{key}.npz"
+
+            def make(tmp: Path) -> None:
+                log.info("base chat log-probs: %d conversations, %d tokens", *found.windows.shape)
+                logits = LayerStream(self.ctx.base.path).logits_fn(found.windows)
+                reference(found.windows, logits, positions=found.positions).save(tmp)
+
+            if not compute_once(ref_file, make):
+                log.info("base chat log-probs: cache hit %s", key)
+            self._chat = (found, Reference.load(ref_file))
+        return self._chat
+
     def check(self, variant, folder: Path) -> CheckReport:
         import torch
 
         base_scores, ref = self.base_reference()
         es = self.evalset()
+        chat = self.chat_reference()
+        base_replies = self._base_smoke()
         stages = Stages()
         cuda = has_cuda()
         fmt = formats.of(variant)
         with stages.stage("check"):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            scorer = fmt.load(folder, variant, es.stats.n_ctx, self.ctx.base.config)
+            n_ctx = max(es.stats.n_ctx, chat[0].stats.n_ctx if chat else 0)
+            scorer = fmt.load(folder, variant, n_ctx, self.ctx.base.config)
             load_cuda = torch.cuda.max_memory_allocated() if cuda and scorer.model is not None else None
             row = self.ctx.planner().row(variant)
             forward_cuda = (
                 self._cuda_forward_peak(scorer.model, es.windows, row.seq_len) if load_cuda is not None else None
             )
             scores = score(es.windows, scorer.logits, ref, desc=f"score {variant.name}")
-            replies = self._smoke(scorer)
+            chat_scores = self._chat_scores(scorer, chat, variant.name)
+            replies = [against_base(r, b) for r, b in zip(self._smoke(scorer), base_replies)]
         # score() against a reference always fills the KLD fields
         assert scores.mean_kld is not None and scores.p99_kld is not None and scores.top1_agreement is not None
         measured = stages.measures["check"]
@@ -101,7 +164,6 @@ class Checker:
         problem = template_problem(
             self.project.config.prompt_template, self.project.config.system_prompt, self.ctx.tokenizer()
         )
-        smoke_problems = [f"{r.prompt!r}: {p}" for r in replies for p in r.problems]
         peak = memory.peak_cuda_bytes if memory.peak_cuda_bytes is not None else memory.peak_rss_bytes
         ratio = scores.ppl / base_scores.ppl
         verdicts = judge(
@@ -110,8 +172,9 @@ class Checker:
             scores.mean_kld,
             scores.top1_agreement,
             None if peak is None else peak / 1e9,
-            smoke_problems,
+            replies,
             problem,
+            chat_kld=chat_scores.mean_kld if chat_scores else None,
         )
         return CheckReport(
             eval=es.stats,
@@ -125,6 +188,8 @@ class Checker:
             memory=memory,
             template_problem=problem,
             replies=replies,
+            smoke=self._summary(replies, base_replies),
+            chat=chat_scores,
             verdicts=verdicts,
             passed=all(v.passed for v in verdicts),
         )
@@ -142,25 +207,44 @@ class Checker:
 
     def _smoke(self, scorer) -> list[Reply]:
         """Greedy replies to the suite's prompts, from the same token ids for every format."""
-        tokenizer = self.ctx.tokenizer()
-        cfg = self.project.config
-        replies = []
-        for prompt in self.smoke.prompts:
-            text = render(cfg.prompt_template, prompt, cfg.system_prompt)
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-            new = scorer.greedy(
-                ids,
-                self.smoke.max_new_tokens,
-                stop=tokenizer.eos_token_id,
-                pad=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            )
-            if tokenizer.eos_token_id in new:
-                new = new[: new.index(tokenizer.eos_token_id)]
-            reply = tokenizer.decode(new, skip_special_tokens=False)
-            replies.append(
-                Reply(prompt=prompt.prompt, reply=reply, problems=reply_problems(reply, new, cfg.prompt_template))
-            )
-        return replies
+        asked = self.asked(self.project.config.smoke)
+        return self._replies(ask(scorer, asked, self.smoke.max_new_tokens, self.ctx.tokenizer(), desc="smoke chat"))
+
+    def _base_smoke(self) -> list[Reply]:
+        return self._replies(self.base_replies(self.project.config.smoke))
+
+    def _replies(self, raw: list[list[int] | None]) -> list[Reply]:
+        template, tokenizer, n = self.project.config.prompt_template, self.ctx.tokenizer(), self.smoke.max_new_tokens
+        return [to_reply(p, r, n, tokenizer, template) for p, r in zip(self.smoke.prompts, raw)]
+
+    def _summary(self, replies: list[Reply], base: list[Reply]) -> SmokeSummary:
+        pairs = [(r, b) for r, b in zip(replies, base) if r.skipped is None]
+        return SmokeSummary(
+            suite=self.project.config.smoke,
+            prompts=len(pairs),
+            passed=sum(not r.problems for r, _ in pairs),
+            base_passed=sum(not b.problems for _, b in pairs),
+            regressions=sum(bool(r.new_problems) for r, _ in pairs),
+            mean_agree_tokens=float(np.mean([r.agree_tokens or 0 for r, _ in pairs])) if pairs else 0.0,
+            mean_same_share=float(np.mean([r.same_share or 0.0 for r, _ in pairs])) if pairs else 0.0,
+        )
+
+    def _chat_scores(self, scorer, chat: tuple[ChatSet, Reference] | None, name: str) -> ChatScores | None:
+        if chat is None:
+            return None
+        found, ref = chat
+        scores = score(found.windows, scorer.logits, ref, desc=f"chat {name}", positions=found.positions)
+        assert scores.mean_kld is not None and scores.p99_kld is not None and scores.top1_agreement is not None
+        base_ppl = ref.scores().ppl
+        return ChatScores(
+            eval=found.stats,
+            base_ppl=base_ppl,
+            ppl=scores.ppl,
+            ppl_ratio=scores.ppl / base_ppl,
+            mean_kld=scores.mean_kld,
+            p99_kld=scores.p99_kld,
+            top1_agreement=scores.top1_agreement,
+        )
 
 
 def run_check(checker: Checker, variant: Variant, report: Report | None = None) -> Report:
@@ -174,7 +258,15 @@ def run_check(checker: Checker, variant: Variant, report: Report | None = None) 
             f"{folder}: no report.json",
             fix=f"build the variant first: python -m quantize build --variant {variant.name}",
         )
-    if report.checks is not None and report.checks.eval.hash == checker.evalset().stats.hash and not checker.ctx.force:
+    done = report.checks
+    if (
+        done is not None
+        and done.eval.hash == checker.evalset().stats.hash
+        and done.smoke is not None  # judged against the base's replies, not an older report's replies alone
+        and (done.chat.eval.eval if done.chat else None)
+        == (checker.project.config.chat_evaluation if checker.chat else None)
+        and not checker.ctx.force
+    ):
         log.info("%s: already checked on this eval set (%s)", variant.name, report.status)
         return report
     result = checker.check(variant, folder)
@@ -189,6 +281,20 @@ def format_verdicts(name: str, report: CheckReport) -> str:
         f"KLD {report.mean_kld:.4f} (p99 {report.p99_kld:.4f}), top-1 {100 * report.top1_agreement:.1f}% "
         f"on {report.eval.scored_tokens} tokens of {report.eval.eval}"
     ]
+    if report.chat is not None:
+        ch = report.chat
+        lines.append(
+            f"  chat: ppl {ch.ppl:.3f} (base {ch.base_ppl:.3f}), KLD {ch.mean_kld:.4f} (p99 {ch.p99_kld:.4f}), "
+            f"top-1 {100 * ch.top1_agreement:.1f}% on {ch.eval.scored_tokens} assistant tokens of "
+            f"{ch.eval.conversations} conversations ({ch.eval.eval})"
+        )
+    if report.smoke is not None:
+        sm = report.smoke
+        lines.append(
+            f"  smoke: {sm.passed} of {sm.prompts} replies sound (base {sm.base_passed}), {sm.regressions} regress; "
+            f"the base's own tokens for {sm.mean_agree_tokens:.1f} tokens on average "
+            f"({100 * sm.mean_same_share:.0f}% of positions)"
+        )
     for v in report.verdicts:
         value = f"{v.value:.4f}" if isinstance(v.value, float) else str(v.value)
         lines.append(f"  {'PASS' if v.passed else 'FAIL'}  {v.gate:14s} {value} (limit {v.limit})")

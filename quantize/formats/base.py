@@ -25,7 +25,7 @@ from ..estimate import Estimator, Needs
 from ..measure import Stages
 from ..records import TensorMix
 from .clients import Support, loading, table_rows
-from .sections import CardInputs, Row, base_ppl, branch_cell, gb, quality, table
+from .sections import QUALITY_HEAD, CardInputs, Row, base_quality, branch_cell, gb, quality, table
 
 DEFAULT_RUN_SEQ_LEN = 4096  # the context `plan` sizes the run memory for, where a format has no length of its own
 
@@ -184,9 +184,9 @@ class Format(ABC):
 
     def card_provided(self, c: CardInputs) -> str:
         """The files table: one row per branch, with its size and the checks' figures."""
-        head = ["Branch", "Size", "BPW", "Loads in", "PPL", "Δ PPL", "KLD"]
-        ppl = base_ppl(c)
-        base = None if ppl is None else ["unquantized", "-", "16", "-", f"{ppl:.3f}", "-", "-"]
+        head = ["Branch", "Size", "BPW", "Loads in", *QUALITY_HEAD]
+        figures = base_quality(c)
+        base = None if figures is None else ["unquantized", "-", "16", "-", *figures]
         rows = [
             [
                 branch_cell(c, r.variant),

@@ -58,11 +58,32 @@ def vram(r: Row) -> str:
     return "-"
 
 
+# The checks' figures every files table shows: plain-text ppl and KLD, KLD on assistant turns of chats in the
+# template, and smoke replies without a problem against the unquantized model's count on the same prompts.
+QUALITY_HEAD = ["PPL", "Δ PPL", "KLD", "Chat KLD", "Smoke"]
+
+
 def quality(r: Row) -> list[str]:
     ch = r.report.checks
     if ch is None:
-        return ["-", "-", "-"]
-    return [num(ch.ppl, ".3f"), num(ch.ppl_delta, "+.3f"), num(ch.mean_kld, ".4f")]
+        return ["-"] * len(QUALITY_HEAD)
+    sm = ch.smoke
+    return [
+        num(ch.ppl, ".3f"),
+        num(ch.ppl_delta, "+.3f"),
+        num(ch.mean_kld, ".4f"),
+        num(ch.chat.mean_kld if ch.chat else None, ".4f"),
+        f"{sm.passed}/{sm.prompts} (base {sm.base_passed})" if sm else "-",
+    ]
+
+
+def base_quality(c: CardInputs) -> list[str] | None:
+    """The unquantized model's cells under QUALITY_HEAD: its ppl and its own smoke count."""
+    checks = next((r.report.checks for r in c.rows if r.report.checks), None)
+    if checks is None:
+        return None
+    sm = checks.smoke
+    return [f"{checks.base_ppl:.3f}", "-", "-", "-", f"{sm.base_passed}/{sm.prompts}" if sm else "-"]
 
 
 def branch_cell(c: CardInputs, v: Variant) -> str:
@@ -83,10 +104,6 @@ def calibration_cells(r: Report) -> tuple[str, str]:
 def table(head: list[str], base: list[str] | None, rows: list[list[str]]) -> str:
     """A Markdown table; `base` (the unquantized model's row) goes first when there is one."""
     return tables.markdown(head, ([base] if base else []) + rows)
-
-
-def base_ppl(c: CardInputs) -> float | None:
-    return next((r.report.checks.base_ppl for r in c.rows if r.report.checks), None)
 
 
 def chat_prompt(c: CardInputs) -> str:

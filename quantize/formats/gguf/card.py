@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..sections import HUB, CardInputs, Row, base_ppl, chat_prompt, gb, quality, table
+from ..sections import HUB, QUALITY_HEAD, CardInputs, Row, base_quality, chat_prompt, gb, quality, table
 from .spec import GGUF_RAM_OVERHEAD, GGUF_USE
 
 
@@ -16,12 +16,10 @@ def _file(row: Row) -> str:
 
 
 def provided(c: CardInputs) -> str:
-    head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", "PPL", "Δ PPL", "KLD", "Use case"]
-    ppl = base_ppl(c)
+    head = ["Name", "Quant method", "Bits", "Size", "Max RAM required", *QUALITY_HEAD, "Use case"]
+    figures = base_quality(c)
     base = (
-        None
-        if ppl is None
-        else ["unquantized", "-", "16", "-", "-", f"{ppl:.3f}", "-", "-", "the original model, for reference"]
+        None if figures is None else ["unquantized", "-", "16", "-", "-", *figures, "the original model, for reference"]
     )
     rows = []
     for r in sorted(c.rows, key=lambda r: (r.report.bits_per_weight, r.variant.name)):

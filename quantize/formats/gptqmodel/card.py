@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..clients import Support
-from ..sections import CardInputs, Row, base_ppl, branch_cell, calibration_cells, gb, quality, table, vram
+from ..sections import (
+    QUALITY_HEAD,
+    CardInputs,
+    Row,
+    base_quality,
+    branch_cell,
+    calibration_cells,
+    gb,
+    quality,
+    table,
+    vram,
+)
 
 
 class WeightFormat(Protocol):
@@ -35,17 +46,15 @@ def provided(fmt: WeightFormat, c: CardInputs) -> str:
         "Seq Len",
         "Size",
         "Loads in",
-        "PPL",
-        "Δ PPL",
-        "KLD",
+        *QUALITY_HEAD,
         "VRAM",
         "Desc",
     ]
-    ppl = base_ppl(c)
+    figures = base_quality(c)
     base = (
         None
-        if ppl is None
-        else (["unquantized", "16"] + ["-"] * 7 + [f"{ppl:.3f}"] + ["-"] * 3 + ["the original model, for reference"])
+        if figures is None
+        else (["unquantized", "16"] + ["-"] * 7 + figures + ["-", "the original model, for reference"])
     )
     rows = []
     for r in sorted(c.rows, key=lambda r: (not r.variant.default, r.variant.spec.bits, r.variant.spec.group_size)):

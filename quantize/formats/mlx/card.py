@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..clients import Support, table_rows
-from ..sections import CardInputs, base_ppl, branch_cell, gb, quality, table
+from ..sections import QUALITY_HEAD, CardInputs, base_quality, branch_cell, gb, quality, table
 from .spec import MLXSpec
 
 
 def provided(c: CardInputs, clients: Callable[[MLXSpec], list[str]]) -> str:
-    head = ["Branch", "Bits", "GS", "Mode", "Size", "BPW", "Loads in", "PPL", "Δ PPL", "KLD", "Desc"]
-    ppl = base_ppl(c)
-    base = None if ppl is None else ["unquantized", "16", "-", "-", "-", "16", "-", f"{ppl:.3f}", "-", "-", "-"]
+    head = ["Branch", "Bits", "GS", "Mode", "Size", "BPW", "Loads in", *QUALITY_HEAD, "Desc"]
+    figures = base_quality(c)
+    base = None if figures is None else ["unquantized", "16", "-", "-", "-", "16", "-", *figures, "-"]
     rows = []
     for r in sorted(c.rows, key=lambda r: (not r.variant.default, r.report.bits_per_weight)):
         spec = r.variant.spec
