@@ -20,6 +20,10 @@ from .sizes import model_tensors, param_count
 # RSS of a Python process with torch, transformers and gptqmodel imported (bench/memory.py: 0.84 GB),
 # added to every stage's RAM: what the machine must have besides the stage's own buffers.
 PROCESS_RSS = int(0.9e9)
+# The base model's smoke replies (checks/chat.py): prompts per batched generation, and the tokens of one
+# conversation the prediction allows for (a 24-prompt suite's prompts are under 100 tokens, replies 96).
+REPLY_BATCH = 8
+REPLY_CONTEXT = 512
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,18 @@ class Estimator:
         return Needs(ram=layer + states + head)
 
     def check_needs(self, file_bytes: int) -> Needs:
-        """The check: the base reference streamed over the eval windows, then the variant loaded and scored."""
+        """The check: the base reference streamed over the eval windows, the base's smoke replies, then the
+        variant loaded and scored. The replies load the base whole in its 16-bit dtype (1.0x fp16) with the
+        KV cache of one batch; they are cached after the first check, which this prediction cannot know, so
+        it always counts them: a machine that cannot hold them must not start the first check."""
         recipe = load_eval(find_eval(self.project.root, self.project.config.evaluation))
         base = self.stream_needs(recipe.max_windows, recipe.n_ctx)
+        tokens = REPLY_BATCH * REPLY_CONTEXT
+        replies = self.fp16_bytes + kv_cache_bytes(self.config, tokens) + workspace_bytes(self.config, tokens)
         variant = file_bytes + kv_cache_bytes(self.config, recipe.n_ctx) + workspace_bytes(self.config, recipe.n_ctx)
         if self.gpu:
-            return Needs(ram=base.ram, vram=max(base.vram, variant))
-        return Needs(ram=max(base.ram, variant))
+            return Needs(ram=base.ram, vram=max(base.vram, replies, variant))
+        return Needs(ram=max(base.ram, replies, variant))
 
     def recipe(self, name: str):
         return load_recipe(self.project.recipe_path(name)).recipe

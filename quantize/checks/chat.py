@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..devices import has_cuda
+from ..estimate import REPLY_BATCH
 from ..hashing import sha256_bytes, sha256_json, short
 from ..paths import cache_dir, compute_once, write_json
 from ..progress import bar
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 SKIPPED_HISTORY = "a multi-turn prompt and the tokenizer ships no chat template"
 
 
-BATCH = 8  # prompts per batched generation (transformers): a forward per token for eight, little padding
+BATCH = REPLY_BATCH  # prompts per batched generation (transformers): a forward per token for eight
 
 
 def ask(scorer, asked: Sequence[list[int] | None], max_new_tokens: int, tokenizer, desc: str) -> list[list[int] | None]:
