@@ -162,17 +162,7 @@ class HFScorer:
 
     def greedy(self, ids: list[int], max_new_tokens: int, stop: int | None, pad: int | None = None) -> list[int]:
         """Greedy continuation; generation stops at the model's own end tokens (its generation config)."""
-        import torch
-
-        with torch.no_grad():
-            # transformers types generate's self as a protocol its own auto-model return type does not match
-            out = self.model.generate(  # type: ignore[misc]
-                torch.tensor([ids], device=self.model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=stop if pad is None else pad,
-            )
-        return out[0, len(ids) :].tolist()
+        return self.greedy_batch([ids], max_new_tokens, stop, pad)[0]
 
     def greedy_batch(
         self, prompts: list[list[int]], max_new_tokens: int, stop: int | None, pad: int | None = None
@@ -191,6 +181,7 @@ class HFScorer:
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         with torch.no_grad():
+            # transformers types generate's self as a protocol its own auto-model return type does not match
             out = self.model.generate(  # type: ignore[misc]
                 ids.to(self.model.device),
                 attention_mask=mask.to(self.model.device),
