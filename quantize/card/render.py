@@ -19,7 +19,7 @@ from huggingface_hub import ModelCardData
 from .. import __version__, formats
 from ..basemodel import resolve_config
 from ..config import Project
-from ..formats.sections import HUB, PLOT_NAME, CardInputs, Row
+from ..formats.sections import HUB, PLOT_NAME, CardInputs, Row, first_checks
 from ..outputs import variant_folder
 from ..paths import write_atomic
 from ..records import read_report
@@ -64,7 +64,8 @@ def _title(c: CardInputs) -> str:
     if base.id:
         lines.append(f"- Original model: [{base.display_name}]({HUB}/{base.id})")
     made = fmt.card_engine(c.rows)
-    ev = next((r.report.checks.eval for r in c.rows if r.report.checks), None)
+    checks = first_checks(c)
+    ev = checks.eval if checks else None
     lines += [
         "",
         "## Description",
@@ -80,7 +81,6 @@ def _title(c: CardInputs) -> str:
         )
         + ", memory, and a short chat in the prompt template below.",
     ]
-    checks = next((r.report.checks for r in c.rows if r.report.checks), None)
     if checks is not None and checks.chat is not None:
         ch = checks.chat.eval
         lines += [

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .. import tables
 from ..config import Project, Variant
 from ..outputs import model_bytes
-from ..records import Report
+from ..records import CheckReport, Report
 
 HUB = "https://huggingface.co"
 PLOT_NAME = "comparison.png"
@@ -77,9 +77,14 @@ def quality(r: Row) -> list[str]:
     ]
 
 
+def first_checks(c: CardInputs) -> CheckReport | None:
+    """The first checked row's checks: what every row shares (the eval set, the base's figures, the suites)."""
+    return next((r.report.checks for r in c.rows if r.report.checks), None)
+
+
 def base_quality(c: CardInputs) -> list[str] | None:
     """The unquantized model's cells under QUALITY_HEAD: its ppl and its own smoke count."""
-    checks = next((r.report.checks for r in c.rows if r.report.checks), None)
+    checks = first_checks(c)
     if checks is None:
         return None
     sm = checks.smoke
