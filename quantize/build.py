@@ -18,15 +18,15 @@ from .calibration import CalibrationSet
 from .checks.checker import Checker, run_check
 from .config import Variant
 from .context import RunContext
-from .errors import EngineError
+from .errors import DamagedOutput, EngineError
 from .formats import BuildJob, EngineResult
 from .hashing import sha256_json, short
 from .measure import Stages
-from .outputs import list_files, model_bytes
+from .outputs import built_report, list_files, model_bytes
 from .paths import cache_dir, clean_stale_partials, require_free_space, staged_folder
 from .preflight import preflight
 from .progress import engine_output_to_stderr
-from .records import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version, read_report
+from .records import BaseModelInfo, Inputs, Report, VariantInfo, now, package_versions, python_version
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Builder:
         self.ctx, self.run_checks, self.preflight = ctx, check, preflight
         self.project, self.out_root, self.force = ctx.project, ctx.out_root, ctx.force
         self._checker: Checker | None = None
+        self._damaged: set[str] = set()  # variants whose damage was already logged
 
     @property
     def base(self) -> ResolvedBase:
@@ -110,8 +111,18 @@ class Builder:
 
     def _up_to_date_guess(self, variant: Variant) -> bool:
         """A finished report exists (its inputs are rechecked by `build`): such variants need no room."""
-        report = read_report(self.ctx.folder(variant))
+        report = self._previous(variant)
         return report is not None and report.status == "passed"
+
+    def _previous(self, variant: Variant) -> Report | None:
+        """The last build's report; a damaged folder counts as none (it is rebuilt, which is its fix), said once."""
+        try:
+            return built_report(self.ctx.out_root, variant)
+        except DamagedOutput as err:
+            if variant.name not in self._damaged:
+                self._damaged.add(variant.name)
+                log.warning("%s: %s: %s; building it again", variant.name, err.path, err.problem)
+            return None
 
     def build(self, variant: Variant) -> BuildOutcome:
         folder = self.ctx.folder(variant)
@@ -122,7 +133,7 @@ class Builder:
             calib = self.ctx.calibration(variant)
         inputs = self.inputs(variant, calib)
         inputs_hash = sha256_json(inputs.model_dump(mode="json"))
-        previous = read_report(folder)
+        previous = self._previous(variant)
         if previous is not None and previous.inputs_hash == inputs_hash and not self.force:
             log.info("%s: up to date (inputs %s), skipping; --force rebuilds", variant.name, short(inputs_hash))
             return BuildOutcome(variant, folder, "up to date", previous)

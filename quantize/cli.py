@@ -20,7 +20,7 @@ from .card.compare import collect, write_outputs
 from .checks.checker import Checker, format_verdicts, run_check
 from .config import Project
 from .context import RunContext
-from .errors import AssetError, QuantizeError
+from .errors import AssetError, DamagedOutput, NotBuilt, QuantizeError
 from .hub.git import GitTransport
 from .hub.http import HubTransport
 from .hub.mirror import serve_forever
@@ -145,17 +145,39 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Check what is built. Named variants must be built; a selection (`--all`, `--filter`, `--shard`) skips
+    and lists the unbuilt ones, as a CI shard's out folder holds only its own. A damaged folder is named
+    and counted as failed, and the others are still checked: the exit is 1 only when a check was tried
+    and failed (or nothing selected is built at all)."""
     project = load_config(args.config)
     checker = Checker(RunContext(project, Path(args.out), force=args.force))
-    failed = []
+    failed, damaged, skipped, checked = [], [], [], 0
     for variant in _selected(project, args):
-        report = run_check(checker, variant)
+        try:
+            report = run_check(checker, variant)
+        except NotBuilt as err:
+            if args.variant:
+                raise
+            skipped.append(variant.name)
+            log.info("skipped %s: %s", variant.name, err)
+            continue
+        except DamagedOutput as err:
+            damaged.append(str(err))
+            continue
         assert report.checks is not None  # run_check records the checks (or returns a report that has them)
+        checked += 1
         print(format_verdicts(variant.name, report.checks))
         if not report.checks.passed:
             failed.append(variant.name)
-    if failed:
-        print(f"error: failed gates: {', '.join(failed)}", file=sys.stderr)
+    if skipped:
+        print(f"skipped (not built in {args.out}): {', '.join(skipped)}")
+    if not checked and not damaged:
+        raise NotBuilt(f"{args.out}: no selected variant is built", fix="run `python -m quantize build` first")
+    problems = ([f"failed gates: {', '.join(failed)}"] if failed else []) + (
+        [f"damaged, not checked: {'; '.join(damaged)}"] if damaged else []
+    )
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 1
     return 0
 
@@ -194,7 +216,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         transport = GitTransport(args.git)
     else:
         transport = HubTransport(args.endpoint)
-    records = Publisher(project, Path(args.out), transport).publish_all(variants, args.only_passed)
+    records, skipped = Publisher(project, Path(args.out), transport).publish_all(
+        variants, args.only_passed, skip_unbuilt=not args.variant
+    )
     for record in records:
         for t in record.targets:
             what = (
@@ -203,6 +227,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 else "up to date, nothing uploaded"
             )
             print(f"{record.variant:24s} {t.repo}@{t.branch}: {what}; {t.verified} file(s) verified")
+    if skipped:
+        print(f"skipped: {', '.join(s.variant for s in skipped)} (why: above)")
+    damaged = [s for s in skipped if s.damaged]
+    if damaged:
+        print(f"error: damaged, not published: {'; '.join(s.why for s in damaged)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -53,6 +53,25 @@ class EngineError(QuantizeError):
     """A quantization engine failed or wrote something we cannot publish."""
 
 
+class DamagedOutput(QuantizeError):
+    """A variant folder is damaged: report.json unreadable, not JSON, invalid or from another schema, a file it
+    lists missing or of another size, or files without a report. Names the file; the fix is to rebuild that variant.
+
+    Kept apart from "not built" so a user is never told to build what is there but broken, and so `--all`
+    commands can go on with the other variants while exiting non-zero."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, variant: str):
+        self.path, self.problem, self.variant = str(path), problem, variant
+        super().__init__(
+            f"{self.path}: {problem}", fix=f"rebuild it: python -m quantize build --force --variant {variant}"
+        )
+
+
+class NotBuilt(QuantizeError):
+    """A selected variant has no folder in OUT: `--all`, `--filter` and `--shard` runs skip and list it (a CI
+    shard's out folder holds only its own variants); named with `--variant` it is an error."""
+
+
 class DiskFullError(QuantizeError):
     """Not enough free space to write outputs; nothing was moved into place."""
 

@@ -8,9 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError
+from pydantic import ValidationError
+
+from .errors import DamagedOutput, EngineError
 from .hashing import file_sha256
-from .records import OutputFile
+from .records import REPORT_NAME, SCHEMA_VERSION, OutputFile, Report
 
 MODEL_SUFFIXES = (".safetensors", ".gguf")
 
@@ -18,6 +20,48 @@ MODEL_SUFFIXES = (".safetensors", ".gguf")
 def variant_folder(out_root: Path, variant) -> Path:
     """The one place a variant's outputs live: `OUT/BRANCH` (build writes it, check, card and publish read it)."""
     return Path(out_root) / variant.branch
+
+
+def built_report(out_root: Path, variant) -> Report | None:
+    """The variant's report, its listed files present at their recorded sizes; None when it was never built.
+
+    Everything else is damage, named by path (`DamagedOutput`): a report.json that cannot be read, is not
+    JSON, does not validate or has another schema version; a file it lists that is missing or has another
+    size (a truncated copy, a disk that filled); a folder holding files but no report.json (an interrupted
+    copy from another host). Only sizes are compared here, which costs a stat per file even at 7B;
+    publish also compares every sha256 before sending."""
+    folder = variant_folder(out_root, variant)
+    path = folder / REPORT_NAME
+    if not path.exists():
+        if folder.is_dir() and any(p.is_file() for p in folder.rglob("*")):
+            raise DamagedOutput(folder, f"holds files but no {REPORT_NAME} (a copy or build cut short)", variant.name)
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as err:
+        raise DamagedOutput(path, f"cannot be read ({err.strerror or err})", variant.name) from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise DamagedOutput(path, f"is not valid JSON{where}", variant.name) from None
+    if not isinstance(data, dict):
+        raise DamagedOutput(path, f"holds a JSON {type(data).__name__}, not a report object", variant.name)
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise DamagedOutput(path, f"has schema_version {version}, this quantize reads {SCHEMA_VERSION}", variant.name)
+    try:
+        report = Report.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise DamagedOutput(path, f"is not a valid report: {field}: {first['msg']}", variant.name) from None
+    for f in report.files:
+        file = folder / f.path
+        if not file.is_file():
+            raise DamagedOutput(file, f"is missing; {REPORT_NAME} lists it ({f.size} bytes)", variant.name)
+        size = file.stat().st_size
+        if size != f.size:
+            raise DamagedOutput(file, f"has {size} bytes, {REPORT_NAME} says {f.size}", variant.name)
+    return report
 
 
 def model_bytes(files: list[OutputFile]) -> int:

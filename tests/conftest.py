@@ -76,6 +76,15 @@ def tiny_spm_model(tmp_path_factory, wiki_texts, tiny_model) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def family(tmp_path_factory, tiny_model):
+    """GPTQ 4/8-bit (the 4-bit the default) and GGUF Q8_0/i1-Q4_K_M of the tiny model, built, checked and carded:
+    what the publish tests and the fault trials send. Read-only for tests: copy `out` to change it."""
+    from faults import build_family
+
+    return build_family(tmp_path_factory.mktemp("family"), tiny_model)
+
+
 TINY_GATES = {  # a random 2-layer model: loose limits, smoke replies recorded, not judged
     fmt: {"max_ppl_ratio": 2.0, "max_mean_kld": 1.0, "min_top1": 0.3, "smoke": "report"}
     for fmt in ("gptq", "awq", "gguf", "mlx")

@@ -2,13 +2,15 @@
 
 No push-capable hub is installable here, so this speaks the endpoints `HfApi` and
 `hf_hub_download` call (create repo/branch, preupload, LFS batch and upload, commit,
-refs, revision info, tree, paths-info, resolve) over real HTTP, storing blobs on disk.
-It enforces a write token and, as the real hub does, a commit's `parentCommit` (HTTP 412
-when the branch head moved past it), records every call so tests can assert the sequence,
-can fail the next N calls of a route to exercise retries, and can run a hook before a
-route (another writer committing between a client's listing and its commit). It runs in
-a daemon thread: the `serve` context manager shuts it down and frees the port, and it
-dies with the test process in any case.
+commits, refs, revision info, tree, paths-info, resolve) over real HTTP, storing blobs on
+disk. It enforces a write token and, as the real hub does, a commit's `parentCommit` (HTTP
+412 when the branch head moved past it), records every call so tests can assert the
+sequence, can fail the next N calls of a route to exercise retries, can inject a `Fault`
+into the next calls of a route (an error before or after the route took effect, a
+Retry-After, an answer slower than the client's timeout, a connection dropped mid-body, a
+preupload answer that lies), and can run a hook before a route (another writer committing
+between a client's listing and its commit). It runs in a daemon thread: the `serve` context
+manager shuts it down and frees the port, and it dies with the test process in any case.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +51,32 @@ class Blob:
 class Repo:
     branches: dict[str, str] = field(default_factory=dict)  # branch -> commit id
     commits: dict[str, dict[str, Blob]] = field(default_factory=dict)  # commit id -> path -> blob
+    parents: dict[str, str | None] = field(default_factory=dict)  # commit id -> parent (None: the first)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def add(self, files: dict[str, Blob], parent: str | None, title: str) -> str:
+        commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        self.commits[commit], self.parents[commit], self.titles[commit] = files, parent, title
+        return commit
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the next call of a route meets instead of a plain answer.
+
+    `status` alone: refused before the route does anything. With `applied`, the route takes effect
+    (a commit lands) and the client is told `status` instead: the hub's answer was lost. `delay`
+    waits that long before serving (past the client's timeout: the client gives up, the server
+    still serves). `drop_after` reads that many body bytes and closes the connection. `retry_after`
+    adds the header to the error. `lie` (preupload only) answers shouldIgnore for every file but
+    README.md, so huggingface_hub leaves the weights out of the commit."""
+
+    status: int | None = 503
+    applied: bool = False
+    delay: float = 0.0
+    drop_after: int | None = None
+    retry_after: float | None = None
+    lie: bool = False
 
 
 def _pointer(sha256: str, size: int) -> bytes:
@@ -63,6 +93,8 @@ class LocalHub:
         self.repos: dict[str, Repo] = {}
         self.calls: list[tuple[str, str]] = []  # (route, repo or "")
         self.fail_next: dict[str, int] = {}
+        self.faults: dict[str, list[Fault]] = {}  # route -> faults for its next calls, first first
+        self.slow: dict[tuple[str, str], float] = {}  # (route, revision) -> seconds every such call waits first
         self.before_next: dict[str, Callable[[], None]] = {}  # route -> run once, before the route is served
         self.tamper: set[str] = set()  # paths whose next committed content is altered (a broken hub)
         self.lock = threading.Lock()
@@ -83,8 +115,7 @@ class LocalHub:
             return False
         repo = Repo()
         attributes = "".join(f"*{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
-        first = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-        repo.commits[first] = {".gitattributes": self.store(attributes.encode(), lfs=False)}
+        first = repo.add({".gitattributes": self.store(attributes.encode(), lfs=False)}, None, "initial commit")
         repo.branches["main"] = first
         self.repos[repo_id] = repo
         return True
@@ -93,13 +124,16 @@ class LocalHub:
         """Commit `files` (regular blobs) on top of `branch` directly, as another writer would; the new head."""
         with self.lock:
             repo = self.repos[repo_id]
-            commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-            repo.commits[commit] = {
-                **repo.commits[repo.branches[branch]],
-                **{p: self.store(data, lfs=False) for p, data in files.items()},
-            }
+            head = repo.branches[branch]
+            files_now = {**repo.commits[head], **{p: self.store(data, lfs=False) for p, data in files.items()}}
+            commit = repo.add(files_now, head, "another writer")
             repo.branches[branch] = commit
             return commit
+
+    def inject(self, route: str, *faults: Fault) -> None:
+        """Faults for the next calls of `route`, in order; the calls after them are served plainly."""
+        with self.lock:
+            self.faults.setdefault(route, []).extend(faults)
 
     def files(self, repo_id: str, revision: str) -> tuple[str, dict[str, Blob]] | None:
         repo = self.repos.get(repo_id)
@@ -123,6 +157,7 @@ _ROUTES = [
     ("POST", "validate_yaml", r"^/api/validate-yaml$"),
     ("GET", "repo_info", rf"^/api/models/{_REPO}/revision/(?P<rev>[^/]+)$"),
     ("GET", "refs", rf"^/api/models/{_REPO}/refs$"),
+    ("GET", "commits", rf"^/api/models/{_REPO}/commits/(?P<rev>[^/]+)$"),
     ("POST", "create_branch", rf"^/api/models/{_REPO}/branch/(?P<rev>[^/]+)$"),
     ("GET", "tree", rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?P<path>/.*)?$"),
     ("POST", "paths_info", rf"^/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)$"),
@@ -139,11 +174,17 @@ _WRITES = {"create_repo", "create_branch", "preupload", "commit", "lfs_batch", "
 class _Handler(BaseHTTPRequestHandler):
     hub: LocalHub
     protocol_version = "HTTP/1.1"
+    lie = False  # this request's preupload answer lies (a Fault with `lie`)
 
     def log_message(self, *args):  # keep test output clean
         pass
 
+    fault: Fault | None = None  # set for one request: its answer is replaced by the fault's status
+
     def _send(self, status: int, body: object = b"", headers: dict | None = None, head: bool = False) -> None:
+        if self.fault is not None and self.fault.status and status < 400:
+            status, body = self.fault.status, {"error": f"injected failure after the change: HTTP {self.fault.status}"}
+            headers = {"Retry-After": str(self.fault.retry_after)} if self.fault.retry_after is not None else None
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
@@ -172,15 +213,34 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"no route {method} {url.path}")
         groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
         hub = self.hub
+        self.fault, self.lie = None, False  # a kept-alive connection serves many requests with one handler
         with hub.lock:
             hub.calls.append((name, groups.get("repo", "")))
             if hub.fail_next.get(name):
                 hub.fail_next[name] -= 1
                 self._body()
                 return self._error(503, "injected failure: service unavailable")
+            queued = hub.faults.get(name)
+            fault = queued.pop(0) if queued else None
             hook = hub.before_next.pop(name, None)
+            lag = hub.slow.get((name, groups.get("rev", "")), 0.0)
         if hook:
             hook()
+        time.sleep(lag)  # a slow hub: served (a commit lands) even when the client is gone by then
+        if fault is not None:
+            time.sleep(fault.delay)
+            if fault.drop_after is not None:  # the connection breaks mid-body: no answer at all
+                self.rfile.read(min(fault.drop_after, int(self.headers.get("Content-Length") or 0)))
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault.status and not fault.applied:
+                self._body()
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                return self._send(fault.status, {"error": f"injected failure: HTTP {fault.status}"}, headers)
+            self.fault = fault if fault.applied else None
+            self.lie = fault.lie
         if name in _WRITES and self.headers.get("Authorization") != f"Bearer {hub.token}":
             self._body()
             return self._error(401, "Invalid credentials in Authorization header")
@@ -244,6 +304,23 @@ class _Handler(BaseHTTPRequestHandler):
         branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in sorted(repo.branches.items())]
         self._send(200, {"branches": branches, "tags": [], "converts": [], "pullRequests": []})
 
+    def r_commits(self, g, q, head):
+        found = self._files(g)
+        if found:
+            repo, chain, commit = self.hub.repos[g["repo"]], [], found[0]
+            while commit is not None:
+                chain.append(
+                    {
+                        "id": commit,
+                        "authors": [{"user": self.hub.user}],
+                        "date": "2026-01-01T00:00:00.000Z",
+                        "title": repo.titles.get(commit, ""),
+                        "message": "",
+                    }
+                )
+                commit = repo.parents.get(commit)
+            self._send(200, chain)
+
     def r_create_branch(self, g, q, head):
         payload = json.loads(self._body() or b"{}")
         repo = self.hub.repos.get(g["repo"])
@@ -279,8 +356,9 @@ class _Handler(BaseHTTPRequestHandler):
             lfs = f["path"].endswith(LFS_PATTERNS) or f["size"] > REGULAR_LIMIT
             remote = found[1].get(f["path"])
             oid = None if remote is None else (remote.sha256 if remote.lfs else remote.oid)
+            ignore = self.lie and f["path"] != "README.md"
             out.append(
-                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": ignore, "oid": oid}
             )
         self._send(200, {"files": out})
 
@@ -331,9 +409,8 @@ class _Handler(BaseHTTPRequestHandler):
                     files.pop(value["path"], None)
                 elif key == "deletedFolder":
                     files = {p: b for p, b in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
-            commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
             repo = self.hub.repos[g["repo"]]
-            repo.commits[commit] = files
+            commit = repo.add(files, parent, header.get("summary", ""))
             repo.branches[g["rev"]] = commit
         self._send(
             200,
@@ -361,6 +438,7 @@ def serve(root: Path, token: str):
     handler = type("Handler", (_Handler,), {"hub": hub})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # killed clients reset
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -57,6 +57,22 @@ def test_front_matter_is_what_the_hub_reads():
     assert meta["quantized_by"] == "tester" and "gptq" in meta["tags"]
 
 
+@pytest.mark.parametrize(
+    ("repo", "library"), [("tester/tiny-mistral-GPTQ", "transformers"), ("tester/tiny-mistral-GGUF", "gguf")]
+)
+def test_front_matter_files_the_repo_as_a_quantization_and_round_trips(repo, library):
+    """The hub's own parser (huggingface_hub.ModelCard) reads the relation, the library and every other key back."""
+    from huggingface_hub import ModelCard
+
+    card = render(inputs(repo))
+    written = yaml.safe_load(card.split("---\n")[1])
+    assert written["base_model_relation"] == "quantized" and written["library_name"] == library
+    assert written["pipeline_tag"] == "text-generation"
+    parsed = ModelCard(card)
+    assert parsed.data.to_dict() == written and parsed.data.library_name == library
+    assert ModelCard(str(parsed)).data.to_dict() == written  # and survives being written again
+
+
 def test_provided_files_rows_come_from_the_reports():
     c = inputs("tester/tiny-mistral-GPTQ")
     card = render(c)

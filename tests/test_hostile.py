@@ -532,10 +532,19 @@ def test_a_gguf_folder_without_its_file_is_one_line(tmp_path, tiny_model):
     next((tmp_path / "out" / "gguf-q8_0").glob("*.gguf")).unlink()
     proc = run_cli("check", "--config", str(cfg), "--all", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'out' / 'gguf-q8_0'}: no .gguf file to check "
-        "(fix: rebuild it: python -m quantize build --variant gguf-q8_0 --force)"
+    (name,) = [
+        f["path"]
+        for f in json.loads((tmp_path / "out" / "gguf-q8_0" / "report.json").read_text())["files"]
+        if f["path"].endswith(".gguf")
+    ]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: damaged, not checked: {tmp_path / 'out' / 'gguf-q8_0' / name}: is missing; report.json lists it ("
+        )
     )
+    assert proc.stderr.strip().endswith("(fix: rebuild it: python -m quantize build --force --variant gguf-q8_0)")
 
 
 def test_engine_logs_stay_off_stdout(tmp_path, tiny_model):

@@ -15,34 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_GATES, run_cli, write_config
+from faults import BRANCHES, REPO_GGUF, REPO_GPTQ, TOKEN, Family
 from localhub import serve
-
-TOKEN = "hf_local_test_token_5bd0a1"
-REPO_GPTQ, REPO_GGUF = "tester/tiny-mistral-GPTQ", "tester/tiny-mistral-GGUF"
-BRANCHES = {
-    "gptq-4bit-32g-actorder_True": REPO_GPTQ,
-    "gptq-8bit-32g-actorder_True": REPO_GPTQ,
-    "gguf-q8_0": REPO_GGUF,
-    "gguf-i1-q4_k_m": REPO_GGUF,
-}
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model):
-    work = tmp_path_factory.mktemp("publish")
-    variants = [
-        {
-            "format": "gptq",
-            "matrix": {"bits": [4, 8], "group_size": [32]},
-            "include": [{"bits": 4, "group_size": 32, "default": True}],
-        },
-        {"format": "gguf", "matrix": {"quant_type": ["Q8_0", "Q4_K_M"]}},
-    ]
-    config = write_config(work, tiny_model, variants)
-    out = work / "out"
-    run_cli("build", "--config", str(config), "--out", str(out), "--all", cwd=work, check=True)
-    run_cli("card", "--config", str(config), "--out", str(out), cwd=work, check=True)  # publish sends these as written
-    return {"work": work, "config": config, "out": out, "base": tiny_model}
+def built(family, tiny_model):
+    """The four variants built, checked and carded (conftest's `family`, shared with the fault trials)."""
+    return {"work": family.config.parent, "config": family.config, "out": family.out, "base": tiny_model}
 
 
 def publish(built, *args: str, token: str = TOKEN, **env) -> subprocess.CompletedProcess:
@@ -56,12 +36,7 @@ def publish(built, *args: str, token: str = TOKEN, **env) -> subprocess.Complete
 
 def expected_files(built, branch: str) -> dict[str, bytes]:
     """What a branch must hold: the report's files, and the repo's card and plot."""
-    folder = built["out"] / branch
-    report = json.loads((folder / "report.json").read_text())
-    files = {f["path"]: (folder / f["path"]).read_bytes() for f in report["files"]}
-    card = built["out"] / "cards" / BRANCHES[branch].replace("/", "__")
-    files.update({name: (card / name).read_bytes() for name in ("README.md", "comparison.png")})
-    return files
+    return Family(built["config"], built["out"]).branch_files(branch)
 
 
 def published_commits(built) -> dict[tuple[str, str, str], str | None]:
@@ -364,7 +339,7 @@ def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
     assert str(err.value) == f"{ours.where}: push to {REPO_GGUF}@gguf-q8_0: {MOVED}"
     assert set(other.listing(REPO_GGUF, "gguf-q8_0").files) == {"old.md", "notes.md"}
     # Re-run, as the message says: the variant's own branch then holds its files and only those.
-    record = Publisher(project, built["out"], ours).publish_all(project.select(["gguf-q8_0"]))[0]
+    record = Publisher(project, built["out"], ours).publish_all(project.select(["gguf-q8_0"]))[0][0]
     assert record.targets[0].deleted == ["notes.md", "old.md"]
 
 

@@ -12,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ["plain", "mse-2.4", "gptaq", "chat-mix", "autoround"]
 
 
+@pytest.mark.slow  # five builds, each scored on two texts: 4 minutes on 2 cores, the default run's largest
 def test_gptq_recipes_on_the_tiny_model(tiny_model, isolated_cache, tmp_path):
     shutil.copytree(isolated_cache / "pypi", tmp_path / "cache" / "pypi")  # the wheels this session fetched
     cmd = [sys.executable, "bench/recipes.py", "--study", "gptq", "--base", str(tiny_model), "--work", str(tmp_path)]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from .. import formats, tables
 from ..config import Project
-from ..outputs import model_bytes, variant_folder
+from ..outputs import built_report, model_bytes
 from ..paths import write_json
-from ..records import read_report
 
 COLUMNS = (
     "format",
@@ -82,7 +81,7 @@ class Table:
 def collect(project: Project, out_root: Path) -> Table:
     rows, base = [], None
     for variant in project.variants:
-        report = read_report(variant_folder(out_root, variant))
+        report = built_report(out_root, variant)
         if report is None:
             continue
         c = report.checks

@@ -20,9 +20,8 @@ from .. import __version__, formats
 from ..basemodel import resolve_config
 from ..config import Project
 from ..formats.sections import HUB, PLOT_NAME, CardInputs, Row, first_checks
-from ..outputs import variant_folder
+from ..outputs import built_report
 from ..paths import write_atomic
-from ..records import read_report
 from .compare import collect, plot
 
 log = logging.getLogger(__name__)
@@ -31,8 +30,13 @@ log = logging.getLogger(__name__)
 def _front_matter(c: CardInputs) -> str:
     base = c.project.config.base_model
     cfg = c.project.config
+    # `base_model_relation: quantized` files the repo under the base's "Quantizations": the hub infers the relation
+    # from the files on main, and repos whose variants live on branches are otherwise shown as fine-tunes.
     data = ModelCardData(
         base_model=base.id,
+        base_model_relation="quantized",
+        library_name=formats.get(c.format).library_name,
+        pipeline_tag="text-generation",
         inference=False,
         license=base.license,
         model_creator=base.creator,
@@ -155,7 +159,7 @@ def published_rows(project: Project, out_root: Path) -> dict[str, list[Row]]:
     """Variants that passed their checks, grouped by repo: what a card may list."""
     rows: dict[str, list[Row]] = {}
     for variant in project.variants:
-        report = read_report(variant_folder(out_root, variant))
+        report = built_report(out_root, variant)
         if report is not None and report.status == "passed":
             rows.setdefault(variant.repo, []).append(Row(variant, report))
     return rows

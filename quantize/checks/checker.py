@@ -18,12 +18,13 @@ from .. import formats
 from ..config import Variant
 from ..context import RunContext
 from ..devices import has_cuda
-from ..errors import QuantizeError
+from ..errors import NotBuilt
 from ..evalset import eval_set, find_eval, load_chat_eval
 from ..hashing import sha256_json, short
 from ..measure import Stages
+from ..outputs import built_report
 from ..paths import cache_dir, compute_once
-from ..records import ChatScores, CheckReport, Memory, Reply, Report, SmokeSummary, read_report
+from ..records import ChatScores, CheckReport, Memory, Reply, Report, SmokeSummary
 from ..scoring import Reference, Scores, reference, score
 from ..streaming import LayerStream
 from .chat import ChatSet, ask, base_answers, chat_set, to_reply
@@ -252,9 +253,9 @@ def run_check(checker: Checker, variant: Variant, report: Report | None = None) 
 
     Skipped when the report already holds checks on this eval set (unless the run forces)."""
     folder = checker.ctx.folder(variant)
-    report = report or read_report(folder)
+    report = report or built_report(checker.ctx.out_root, variant)
     if report is None:
-        raise QuantizeError(
+        raise NotBuilt(
             f"{folder}: no report.json",
             fix=f"build the variant first: python -m quantize build --variant {variant.name}",
         )

@@ -128,6 +128,7 @@ def run_autoround(
     with the base's tokenizer files and float16 tensors like gptqmodel's."""
     import torch
     from auto_round import AutoRound
+    from auto_round.utils.device import CpuInfo
     from transformers import AutoTokenizer
 
     device = compute_device()
@@ -149,7 +150,14 @@ def run_autoround(
     losses = _BlockLosses()
     logging.getLogger(ENGINE_LOGGER).addHandler(losses)
     try:
-        with contextlib.chdir(workdir), _streamed(STREAMED[method]):
+        stream = STREAMED[method]
+        if stream and device == "cpu" and not CpuInfo().bf16:
+            # Without AVX512-BF16 AutoRound tunes in float32 (its `amp` off) but loads streamed blocks in the
+            # checkpoint's bfloat16, and the first block fails ("expected m1 and m2 to have the same dtype");
+            # loaded whole, the model is cast to float32 first. Memory then is the whole model in float32.
+            log.warning("auto-round: this CPU has no bfloat16 support; tuning in float32, the model loaded whole")
+            stream = False
+        with contextlib.chdir(workdir), _streamed(stream):
             rounder = AutoRound(
                 str(base_path),
                 AutoTokenizer.from_pretrained(base_path),

@@ -87,6 +87,9 @@ class Format(ABC):
     field_fixes: ClassVar[dict[str, str]] = {}
     family_rank: ClassVar[int] = 100  # where the card's "Repositories available" entry goes in the list
     plot_marker: ClassVar[str] = "x"  # the comparison plot's marker for this format's points
+    # The card's `library_name`: the client the hub shows code for. Without it the hub guesses from the files, and
+    # GGUF and MLX repos are meant to say so (mlx-lm writes `mlx` itself).
+    library_name: ClassVar[str] = "transformers"
 
     # -- core ------------------------------------------------------------------------------------------------
     @abstractmethod

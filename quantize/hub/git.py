@@ -7,6 +7,9 @@ A remote root is either a local folder, laid out as a hub mirror
 Commits are built with git plumbing in a scratch repository in the cache (no working
 tree, no checkout of other branches) on the head seen when listing and pushed by commit
 id without force, so a branch another writer moved meanwhile is refused, not overwritten.
+Publishes running at once on one machine share that scratch repository, so each operation
+holds its lock (`.NAME.lock` beside it): git's own ref locks would otherwise refuse the
+second fetch of the same remote ref.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import BranchMoved, PublishError
-from ..paths import cache_dir
+from ..paths import cache_dir, exclusive
 from .publish import MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,10 @@ class GitTransport:
             raise PublishError(f"git {what}: {_redact(lines[-1] if lines else 'failed')}")
         return done.stdout
 
+    def _lock(self, repo: str):
+        """The scratch repository's lock (see the module's docstring), taken before it is created or used."""
+        return exclusive(self.scratch / repo.replace("/", "__"))
+
     def _scratch(self, repo: str) -> Path:
         path = self.scratch / repo.replace("/", "__")
         if not (path / "HEAD").exists():
@@ -109,6 +116,10 @@ class GitTransport:
                 log.info("created %s", bare)
 
     def listing(self, repo: str, branch: str) -> Listing:
+        with self._lock(repo):
+            return self._listing(repo, branch)
+
+    def _listing(self, repo: str, branch: str) -> Listing:
         head = self._head(repo, branch)
         if head is None:
             return Listing(None, {})
@@ -130,7 +141,19 @@ class GitTransport:
                     f"{self.where}: {', '.join(big)} exceed 10 MB, which the hub only takes through "
                     "LFS; fix: publish over HTTP (drop --git), which uploads large files for you"
                 )
-        scratch = self._scratch(repo)  # `parent` was fetched into it by listing()
+        with self._lock(repo):  # `parent` was fetched into the scratch repository by listing()
+            return self._commit(self._scratch(repo), repo, branch, parent, add, delete, message)
+
+    def _commit(
+        self,
+        scratch: Path,
+        repo: str,
+        branch: str,
+        parent: str | None,
+        add: list[LocalFile],
+        delete: list[str],
+        message: str,
+    ) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             if parent:
@@ -158,3 +181,25 @@ class GitTransport:
                 raise BranchMoved(f"{self.where}: push to {repo}@{branch}: {MOVED}") from None
             raise
         return commit
+
+    def restore(self, repo: str, branch: str, head: str, to: Listing) -> str | None:
+        """A commit on `head` with `to`'s tree, pushed without force; a branch `to` did not have is deleted,
+        only if it is still at `head`."""
+        with self._lock(repo):
+            scratch = self._scratch(repo)
+            if to.head is None:
+                self._git(
+                    "push",
+                    "--quiet",
+                    f"--force-with-lease=refs/heads/{branch}:{head}",
+                    self.url(repo),
+                    f":refs/heads/{branch}",
+                    git_dir=scratch,
+                )
+                return None
+            tree = self._git("rev-parse", f"{to.head}^{{tree}}", git_dir=scratch).strip()
+            undo = self._git(
+                "commit-tree", tree, "-p", head, "-m", f"undo {head[:12]}: it did not verify", git_dir=scratch
+            ).strip()
+            self._git("push", "--quiet", self.url(repo), f"{undo}:refs/heads/{branch}", git_dir=scratch)
+            return undo

@@ -1,7 +1,8 @@
 """The HTTP transport: a hub's API through `huggingface_hub.HfApi`, with retries and plain errors.
 
-Transient failures (429, 5xx, dropped connections) are retried with exponential
-backoff; 401/403 become one line that says how to log in, HF_HUB_OFFLINE one that says
+Transient failures (429, 5xx, dropped connections, timeouts) are retried with exponential
+backoff, or after the wait a 429's Retry-After asks for (refused in one line when that is
+longer than RETRY_AFTER_MAX); 401/403 become one line that says how to log in, HF_HUB_OFFLINE one that says
 to unset it (it is not transient), and 412 (the branch moved past the `parent_commit`
 we listed) one that says to re-run. The token is read by huggingface_hub from HF_TOKEN
 or the saved login and is never formatted into a message.
@@ -16,17 +17,28 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile, constants
+import httpx2  # huggingface_hub 2.x's HTTP client
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationCopy,
+    CommitOperationDelete,
+    HfApi,
+    RepoFile,
+    constants,
+    get_session,
+)
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from ..errors import BranchMoved, HubAuthError, PublishError
-from .publish import MOVED, Listing, LocalFile, RemoteFile
+from .publish import KEEP, MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TRANSIENT = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 5
+TIMEOUT = 300.0  # seconds without a byte from the hub before a call counts as failed (QUANTIZE_HUB_TIMEOUT)
+RETRY_AFTER_MAX = 120.0  # seconds: a hub asking for a longer wait is refused in one line, not slept through
 
 
 def _status(err: Exception) -> int | None:
@@ -34,11 +46,18 @@ def _status(err: Exception) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _retry_after(err: Exception) -> float:
+    """The seconds a 429's Retry-After header asks for (0 without one, or with an HTTP date we do not parse)."""
+    headers = getattr(getattr(err, "response", None), "headers", None) or {}
+    try:
+        return max(0.0, float(headers.get("Retry-After", 0)))
+    except ValueError:
+        return 0.0
+
+
 def _transient(err: Exception) -> bool:
     if isinstance(err, HfHubHTTPError):
         return _status(err) in TRANSIENT
-    import httpx2  # huggingface_hub 2.x's HTTP client
-
     return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
@@ -50,6 +69,10 @@ class HubTransport:
         self._token = token  # None: huggingface_hub's own lookup (HF_TOKEN, saved login)
         self.api = HfApi(endpoint=self.where, token=token)
         self.backoff = float(os.environ.get("QUANTIZE_HUB_BACKOFF", 2.0)) if backoff is None else backoff
+        # huggingface_hub's shared client waits forever by default: a hub that stops answering would hang a CI
+        # job until its own limit. A timeout makes it a transient failure, retried like a 503.
+        timeout = float(os.environ.get("QUANTIZE_HUB_TIMEOUT", TIMEOUT))
+        get_session().timeout = httpx2.Timeout(timeout, connect=min(timeout, 30.0))
         if urlsplit(self.where).hostname not in ("huggingface.co", "hf.co"):
             # Another hub (a local one, a private deployment) may not speak Xet; LFS works everywhere.
             constants.HF_HUB_DISABLE_XET = True
@@ -86,6 +109,14 @@ class HubTransport:
                         f"({status or type(err).__name__}); try again later"
                     ) from None
                 delay = self.backoff * 2 ** (attempt - 1)
+                if status == 429:
+                    asked = _retry_after(err)
+                    if asked > RETRY_AFTER_MAX:
+                        raise PublishError(
+                            f"{self.where}: {what}: rate limited (HTTP 429), and the hub asks to wait "
+                            f"{asked:.0f} s; nothing was changed, try again later"
+                        ) from None
+                    delay = max(delay, asked)
                 log.warning(
                     "%s: %s (%s); retrying in %.0f s (%d/%d)",
                     what,
@@ -99,16 +130,25 @@ class HubTransport:
         raise AssertionError("unreachable")
 
     def prepare(self, repo: str, branch: str) -> None:
+        """The repo, and the branch if it is new: started at the repo's first commit (only .gitattributes),
+        not at main, so that until our commit lands a reader of the branch sees no files, never main's
+        (another variant's) under this variant's name."""
         self._call(f"create {repo}", self.api.create_repo, repo, repo_type="model", exist_ok=True)
-        if branch != "main":
-            self._call(
-                f"create branch {branch} of {repo}",
-                self.api.create_branch,
-                repo,
-                branch=branch,
-                repo_type="model",
-                exist_ok=True,
-            )
+        if branch == "main":
+            return
+        refs = self._call(f"list branches of {repo}", self.api.list_repo_refs, repo, repo_type="model")
+        if branch in {b.name for b in refs.branches}:
+            return
+        commits = self._call(f"list commits of {repo}", lambda: list(self.api.list_repo_commits(repo, revision="main")))
+        self._call(
+            f"create branch {branch} of {repo}",
+            self.api.create_branch,
+            repo,
+            branch=branch,
+            revision=commits[-1].commit_id,
+            repo_type="model",
+            exist_ok=True,
+        )
 
     def listing(self, repo: str, branch: str) -> Listing:
         """The branch head, then the tree at that commit: the files are exactly those `parent_commit` will name."""
@@ -135,4 +175,40 @@ class HubTransport:
                 repo, operations=ops, commit_message=message, revision=branch, parent_commit=parent, repo_type="model"
             )
 
-        return self._call(f"upload to {repo}@{branch}", send).oid
+        oid = self._call(f"upload to {repo}@{branch}", send).oid
+        if parent is not None and oid == parent:
+            # huggingface_hub drops the files a preupload answer calls unchanged or ignored, and makes no
+            # commit when none is left, answering with the head it started from; we sent only what differs.
+            raise PublishError(
+                f"{self.where}: upload to {repo}@{branch}: the hub made no commit: its preupload answer said "
+                "every file was already there or to be ignored, yet the branch lacks them; nothing was changed; "
+                "fix: re-run publish, and tell the hub's operators if it repeats"
+            )
+        return oid
+
+    def restore(self, repo: str, branch: str, head: str, to: Listing) -> str | None:
+        """A commit on `head` that deletes what `to` lacks and copies back, from `to`'s commit, what differs
+        (LFS files by reference: nothing is uploaded again)."""
+        if to.head is None:  # never, once prepare made the branch; kept for the protocol
+            self._call(f"delete branch {branch} of {repo}", self.api.delete_branch, repo, branch=branch)
+            return None
+        now = self.listing(repo, branch)
+
+        def send():
+            gone = [p for p in now.files if p not in to.files and p not in KEEP]
+            ops: list = [CommitOperationDelete(path_in_repo=p) for p in gone]
+            ops += [
+                CommitOperationCopy(src_path_in_repo=p, path_in_repo=p, src_revision=to.head)
+                for p, f in to.files.items()
+                if now.files.get(p) != f
+            ]
+            return self.api.create_commit(
+                repo,
+                operations=ops,
+                commit_message=f"undo {head[:12]}: it did not verify",
+                revision=branch,
+                parent_commit=head,
+                repo_type="model",
+            )
+
+        return self._call(f"undo on {repo}@{branch}", send).oid

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,15 +21,16 @@ from pydantic import BaseModel
 from .. import formats
 from ..card import PLOT_NAME, card_dir
 from ..config import Project, Variant
-from ..errors import PublishError, PublishRefused
+from ..errors import BranchMoved, DamagedOutput, NotBuilt, PublishError, PublishRefused, QuantizeError
 from ..hashing import file_sha256
-from ..outputs import variant_folder
+from ..outputs import built_report, variant_folder
 from ..paths import write_json
-from ..records import Report, now, read_report
+from ..records import Report, now
 
 log = logging.getLogger(__name__)
 
 KEEP = (".gitattributes",)  # hub-managed files a publish never deletes
+MOVED_ATTEMPTS = 5  # commits to a shared branch that another writer keeps moving, before giving up
 
 
 # Why and what to do, after "WHERE: WHAT: ": both transports refuse a commit whose parent is no longer the head.
@@ -86,6 +89,18 @@ class Transport(Protocol):
     def commit(
         self, repo: str, branch: str, parent: str | None, add: list[LocalFile], delete: list[str], message: str
     ) -> str: ...  # raises BranchMoved when the branch head is no longer `parent`
+    def restore(
+        self, repo: str, branch: str, head: str, to: Listing
+    ) -> str | None: ...  # the branch, now at `head`, holds `to`'s files again (deleted when `to.head` is None)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A variant `publish_all` left out, and why; `damaged` ones make the run exit non-zero."""
+
+    variant: str
+    why: str
+    damaged: bool
 
 
 class TargetRecord(BaseModel):
@@ -138,6 +153,11 @@ def mismatches(files: list[LocalFile], remote: dict[str, RemoteFile]) -> list[st
     return [d for f in files if (d := difference(f, remote.get(f.path)))]
 
 
+def problems(files: list[LocalFile], remote: dict[str, RemoteFile], exclusive: bool) -> list[str]:
+    """Why the remote is not exactly what a publish of `files` must leave (empty: it is)."""
+    return mismatches(files, remote) + [f"{p} should not be there" for p in extra(files, remote, exclusive)]
+
+
 def targets(variant: Variant) -> list[Target]:
     """The variant's own branch; `main` for a format's default; every GGUF file also on the GGUF repo's main."""
     return [
@@ -145,11 +165,13 @@ def targets(variant: Variant) -> list[Target]:
     ]
 
 
-def publishable(variant: Variant, folder: Path) -> Report:
-    """The variant's report, if it may be published; otherwise a refusal that says what to run."""
-    report = read_report(folder)
+def publishable(variant: Variant, out_root: Path) -> Report:
+    """The variant's report, if it may be published; otherwise a refusal that says what to run
+    (`DamagedOutput`, naming the file, when the folder is there but broken)."""
+    folder = variant_folder(out_root, variant)
+    report = built_report(out_root, variant)
     if report is None:
-        raise PublishRefused(
+        raise NotBuilt(
             f"{variant.name}: not built in {folder}; run `python -m quantize build --variant {variant.name}`"
         )
     if report.status == "built":
@@ -211,21 +233,35 @@ class Publisher:
             )
         return folder
 
-    def publish_all(self, variants: list[Variant], only_passed: bool = False) -> list[PublishRecord]:
-        """Check every variant before sending anything: one that is not publishable stops the run,
-        or with `only_passed` is skipped with a warning."""
-        reports = {}
+    def publish_all(
+        self, variants: list[Variant], only_passed: bool = False, skip_unbuilt: bool = False
+    ) -> tuple[list[PublishRecord], list[Skipped]]:
+        """Check every variant before sending anything. One that is not publishable stops the run (every
+        refusal listed), or with `only_passed` is skipped and listed; with `skip_unbuilt` (a selection, not
+        names: a shard's out folder holds only its own variants) so is one that was never built."""
+        reports: dict[str, Report] = {}
+        skipped: list[Skipped] = []
+        refused: list[QuantizeError] = []
         for v in variants:
             try:
-                reports[v.name] = publishable(v, variant_folder(self.out_root, v))
+                reports[v.name] = publishable(v, self.out_root)
                 self.card(v)
-            except PublishRefused as err:
-                if not only_passed:
-                    raise
-                log.warning("skipped %s", err)
+            except (NotBuilt, PublishRefused, DamagedOutput) as err:
+                if only_passed or (skip_unbuilt and isinstance(err, NotBuilt)):
+                    log.warning("skipped %s", err)
+                    skipped.append(Skipped(v.name, str(err), damaged=isinstance(err, DamagedOutput)))
+                else:
+                    refused.append(err)
+        if len(refused) == 1:
+            raise refused[0]
+        if refused:
+            raise PublishRefused(
+                f"{len(refused)} selected variants cannot be published, so none was sent: "
+                + "; ".join(str(err) for err in refused)
+            )
         if not reports:
             raise PublishRefused("no selected variant has passed its checks; nothing to publish")
-        return [self.publish(v, reports[v.name]) for v in variants if v.name in reports]
+        return [self.publish(v, reports[v.name]) for v in variants if v.name in reports], skipped
 
     def publish(self, variant: Variant, report: Report) -> PublishRecord:
         """Send one variant whose `report` `publishable` has accepted, with its repo's card."""
@@ -247,26 +283,53 @@ class Publisher:
         return record
 
     def _push(self, target: Target, files: list[LocalFile], message: str, last: str | None) -> TargetRecord:
-        """Commit what differs on top of the head just listed (refused if the branch moved meanwhile), then verify.
+        """Commit what differs on top of the head just listed, then verify; a commit the remote holds but
+        that does not verify is undone, so no unverified head is left.
+
+        When the branch moved between listing and commit, it is listed again. If it now holds exactly
+        these files, that is convergence, not a conflict: an earlier attempt landed after all (a commit
+        whose answer was lost to a timeout, a push that a killed run left running), or another writer
+        sent the same bytes. Otherwise a shared branch (`main` of a GGUF repo, written by every GGUF
+        variant) is committed to again on its new head, which keeps the other writer's files; a
+        variant's own branch is refused, since another writer of it is a real conflict.
         With nothing to send, the record keeps `last` (the previous publish's commit), else the verified head."""
         t = self.transport
         where = f"{target.repo}@{target.branch}"
         t.prepare(target.repo, target.branch)
-        listed = t.listing(target.repo, target.branch)
-        upload, delete = changes(files, listed.files, target.exclusive)
         commit = None
-        if upload or delete:
+        for attempt in range(1, MOVED_ATTEMPTS + 1):
+            listed = t.listing(target.repo, target.branch)
+            upload, delete = changes(files, listed.files, target.exclusive)
+            if not (upload or delete):
+                log.info("%s: up to date, nothing uploaded", where)
+                break
             size = sum(f.size for f in upload)
             log.info("%s: uploading %d file(s), %.1f MB; deleting %d", where, len(upload), size / 1e6, len(delete))
-            commit = t.commit(target.repo, target.branch, listed.head, upload, delete, message)
-        else:
-            log.info("%s: up to date, nothing uploaded", where)
+            try:
+                commit = t.commit(target.repo, target.branch, listed.head, upload, delete, message)
+                break
+            except BranchMoved:
+                moved = t.listing(target.repo, target.branch)
+                if not problems(files, moved.files, target.exclusive):
+                    log.info("%s: moved since listed, and now holds exactly these files; nothing left to send", where)
+                    listed = moved
+                    break
+                if target.exclusive or attempt == MOVED_ATTEMPTS:
+                    raise
+                delay = random.uniform(0.2, 1.0) * attempt
+                log.warning(
+                    "%s: another writer committed first (a shared branch); listing again in %.1f s (%d/%d)",
+                    where,
+                    delay,
+                    attempt,
+                    MOVED_ATTEMPTS - 1,
+                )
+                time.sleep(delay)
         after = t.listing(target.repo, target.branch)
-        problems = mismatches(files, after.files) + [
-            f"{p} should not be there" for p in extra(files, after.files, target.exclusive)
-        ]
-        if problems:
-            raise PublishError(f"{t.where} {where}: after upload, {'; '.join(problems)}")
+        found = problems(files, after.files, target.exclusive)
+        if found:
+            undone = self._undo(target, commit, after, listed) if commit and after.head == commit else ""
+            raise PublishError(f"{t.where} {where}: after upload, {'; '.join(found)}{undone}")
         return TargetRecord(
             repo=target.repo,
             branch=target.branch,
@@ -274,4 +337,22 @@ class Publisher:
             uploaded=[f.path for f in upload],
             deleted=delete,
             verified=len(files),
+        )
+
+    def _undo(self, target: Target, commit: str, after: Listing, before: Listing) -> str:
+        """Put the branch back to `before` after our `commit` failed verification; what happened, for the error."""
+        t = self.transport
+        try:
+            head = t.restore(target.repo, target.branch, commit, before)
+            now = t.listing(target.repo, target.branch)
+        except PublishError as err:
+            return f"; undoing commit {commit[:12]} failed too ({err}): that head is unverified, re-run publish"
+        if now.head != head or {p: (f.size, f.oid) for p, f in now.files.items()} != {
+            p: (f.size, f.oid) for p, f in before.files.items()
+        }:
+            return f"; undoing commit {commit[:12]} did not restore the branch: its head is unverified, re-run publish"
+        return (
+            f"; the branch was put back to its files before this publish (commit {head[:12]})"
+            if head
+            else "; the branch, new in this publish, was deleted"
         )

@@ -61,6 +61,7 @@ class GGUF(Format):
     family_line = "GGUF models for CPU (and GPU offload) inference with llama.cpp"
     family_rank = 2
     plot_marker = "^"
+    library_name = "gguf"
     field_fixes = {
         "quant_type": "use a llama.cpp type such as Q4_K_M",
         "imatrix": "remove `imatrix: false` or give `imatrix: RECIPE` (a calibration recipe such as wikitext2)",

@@ -33,6 +33,7 @@ class MLX(Format):
     family_line = "MLX models for Apple silicon (mlx-lm)"
     family_rank = 3
     plot_marker = "D"
+    library_name = "mlx"
 
     def names(self, spec: MLXSpec) -> tuple[str, str]:
         name = mlx_name(spec)
