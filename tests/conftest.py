@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tinymodel import CHAT_TEMPLATE, WIKI, save_random_mistral, save_spm_tokenizer  # noqa: F401 (WIKI: re-exported)
+from tinymodel import CHAT_TEMPLATE, TINY, WIKI, save_random_mistral, save_spm_tokenizer  # noqa: F401 (WIKI: re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,23 +44,7 @@ def wiki_texts(wiki_json) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, wiki_texts) -> Path:
     """A 2-layer random MistralForCausalLM, widths multiples of 256, with a BPE tokenizer trained here."""
-    return save_random_mistral(
-        tmp_path_factory.mktemp("tiny-mistral"),
-        wiki_texts,
-        vocab_size=1024,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=2048,
-        sliding_window=None,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    return save_random_mistral(tmp_path_factory.mktemp("tiny-mistral"), wiki_texts, **TINY)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,24 @@ CHAT_TEMPLATE = (
 )
 
 
+# The tests' tiny Mistral (conftest's `tiny_model`; bench/faults.py builds the same): 2 layers, widths multiples of 256.
+TINY = dict(
+    vocab_size=1024,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=2048,
+    sliding_window=None,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+
+
 def save_random_mistral(folder: Path, texts: list[str], **config) -> Path:
     """Train a 1024-token byte-level BPE on `texts`, then save it and a seeded random bf16 MistralForCausalLM."""
     import torch
