@@ -78,7 +78,9 @@ class Builder:
         )
 
     def _run_engine(self, variant: Variant, calib: CalibrationSet | None, tmp: Path, stages: Stages) -> EngineResult:
-        return formats.of(variant).build(BuildJob(self.project, variant, self.base, calib, tmp, stages))
+        return formats.of(variant).build(
+            BuildJob(self.project, variant, self.base, calib, tmp, stages, self.ctx.planner())
+        )
 
     def _predicted_bytes(self, variant: Variant) -> int | None:
         try:
@@ -159,6 +161,7 @@ class Builder:
                 python=python_version(),
                 device=result.device,
                 dtype=result.dtype,
+                compute_dtype=result.compute_dtype,
                 created_at=now(),
                 stages=stages.measures,
                 files=files,

@@ -20,3 +20,15 @@ def has_cuda() -> bool:
 
 def compute_device() -> str:
     return "cuda:0" if has_cuda() else "cpu"
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), as torch's own probes say.
+
+    Without it torch emulates bfloat16 matmuls at about 5x float32's time (23 ms against 4.4 ms on an
+    AVX-512 CPU without AVX512-BF16): a stage that may choose its dtype asks this first."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import shapes
 from .calibration import load_recipe
 from .config import Project
-from .devices import has_cuda
+from .devices import cpu_has_bf16, has_cuda
 from .evalset import find_eval, load_eval
 from .sizes import model_tensors, param_count
 
@@ -24,6 +24,12 @@ PROCESS_RSS = int(0.9e9)
 # conversation the prediction allows for (a 24-prompt suite's prompts are under 100 tokens, replies 96).
 REPLY_BATCH = 8
 REPLY_CONTEXT = 512
+# The memory rule: a stage may hold at most this multiple of the fp16 model in RAM or VRAM (the mission's
+# 7B on one 24 GB machine: 18.8 GB).
+MEMORY_RULE = 1.3
+# What float32 may add over bfloat16 on a CPU that emulates bfloat16, for the speed (2.2x on SmolLM2's
+# GPTQ), when it stays outside the memory rule: small models, whose fixed costs exceed 1.3x fp16 anyway.
+FLOAT32_SLACK = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,19 @@ def workspace_bytes(config: dict, seq_len: int) -> int:
 class Estimator:
     """The shared terms of every format's prediction for one project: parameters, layers, streams, checks."""
 
-    def __init__(self, project: Project, config: dict, model_dir: Path | None = None, gpu: bool | None = None):
+    def __init__(
+        self,
+        project: Project,
+        config: dict,
+        model_dir: Path | None = None,
+        gpu: bool | None = None,
+        bf16: bool | None = None,
+    ):
         self.project, self.config, self.model_dir = project, config, model_dir
         self.params = param_count(config)
         self.fp16_bytes = 2 * self.params
         self.gpu = has_cuda() if gpu is None else gpu  # devices' one rule, unless a test pins the machine
+        self._bf16 = bf16  # the CPU's bfloat16 (devices.cpu_has_bf16, asked when needed), unless a test pins it
         self.cache: dict = {}  # per-format shared work (GGUF: one skeleton dry run for every type)
 
     def layer_bytes(self, bytes_per_param: int) -> int:
@@ -77,6 +91,19 @@ class Estimator:
         if self.gpu:
             return Needs(ram=head, vram=layer + states)
         return Needs(ram=layer + states + head)
+
+    def cpu_dtype(self, bf16_ram: int, fp32_ram: int) -> str:
+        """The dtype a CPU stage that can run in either computes in, from its two predicted peaks.
+
+        bfloat16 where the CPU has it in hardware; elsewhere torch emulates it at about 5x float32's time
+        (gptqmodel's GPTQ on SmolLM2: 647 s in bfloat16, 294 s in float32, same KLD within noise), so float32
+        unless that breaks the memory rule by more than FLOAT32_SLACK. The plan asks this too, so its
+        prediction is the build's."""
+        if cpu_has_bf16() if self._bf16 is None else self._bf16:
+            return "bfloat16"
+        if fp32_ram <= MEMORY_RULE * self.fp16_bytes or fp32_ram - bf16_ram <= FLOAT32_SLACK:
+            return "float32"
+        return "bfloat16"
 
     def check_needs(self, file_bytes: int) -> Needs:
         """The check: the base reference streamed over the eval windows, the base's smoke replies, then the

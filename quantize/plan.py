@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 from . import formats, tables
 from .basemodel import resolve_config
@@ -63,8 +63,9 @@ class PlanRow:
 class Planner(Estimator):
     """Predictions for one project's variants, from the base model's config.json: the formats' answers, as rows."""
 
-    def __init__(self, project: Project, config: dict, model_dir: Path | None = None, gpu: bool | None = None):
-        super().__init__(project, config, model_dir, gpu)
+    def __init__(self, *args: Any, **kwargs: Any):
+        """Estimator's arguments (project, config, model_dir, and the machine a test may pin: gpu, bf16)."""
+        super().__init__(*args, **kwargs)
         self._needs: dict[tuple[str, str], dict[str, Needs]] = {}
 
     @classmethod

@@ -189,7 +189,8 @@ class Report(BaseModel):
     versions: dict[str, str]
     python: str
     device: str
-    dtype: str
+    dtype: str  # of the saved tensors
+    compute_dtype: str | None = None  # what the engine computed in, where it chose (gptqmodel on a CPU)
     created_at: str
     stages: dict[str, StageMeasure]
     files: list[OutputFile]

@@ -15,7 +15,10 @@ from conftest import ROOT, run_cli, write_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from quantize import formats
 from quantize.formats.gptq import GPTQSpec, autogptq_config
+from quantize.plan import Planner
+from quantize.project import load_config
 
 AUTOGPTQ_KEYS = [
     "bits",
@@ -205,6 +208,12 @@ def test_report_records_inputs_versions_timings_and_files(built):
     assert files["model.safetensors"]["size"] == (folder / "model.safetensors").stat().st_size
     assert report["total_bytes"] == sum(f["size"] for f in report["files"])
     assert report["module_losses"], "gptqmodel's per-module loss log belongs in the report"
+    # The dtype gptqmodel computed in is the one the planner chose for this machine (float32 where the CPU
+    # emulates bfloat16 and memory allows), so plan's need and the build agree.
+    project = load_config(built["config"])
+    variant = next(v for v in project.variants if v.name == "gptq-4bit-32g")
+    planner = Planner(project, json.loads((built["base"] / "config.json").read_text()), built["base"])
+    assert report["compute_dtype"] == formats.of(variant).engine_dtype(planner, variant) in ("float32", "bfloat16")
 
 
 def test_rerun_skips_unchanged_and_force_rebuilds(built):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli, write_config
 
+from quantize import formats
 from quantize.plan import Planner, format_table
 from quantize.project import load_config
 from quantize.selection import select
@@ -205,3 +206,51 @@ def test_autoround_memory_grows_with_depth_past_a_24gb_machine_at_7b(zephyr_conf
     fp16 = 2 * 7_241_732_096 / 1e9
     assert plain < 1.3 * fp16 < gptq < awq
     assert quantize_gb("gptq", autoround={}, seq_len=512) < gptq  # the cached block inputs and outputs
+
+
+# SmolLM2-135M's hyperparameters (the offline default's config.json): small enough that float32 costs little.
+SMOLLM2_135M = {
+    **MISTRAL_7B,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
+
+
+def test_gptq_computes_in_float32_on_a_cpu_without_bfloat16_where_memory_allows(zephyr_config):
+    """Where a CPU emulates bfloat16 (torch at about 5x float32's time), gptqmodel's GPTQ runs in float32 if
+    that keeps the memory rule or costs under FLOAT32_SLACK more; the plan counts the wider activations, so
+    its need is the build's. AWQ stays 16-bit (gptqmodel's AWQ refuses float32), as does any CPU with
+    bfloat16 in hardware and every GPU."""
+    doc = yaml.safe_load(zephyr_config.read_text())
+
+    def plan(fmt: str, config: dict, bf16: bool, gpu: bool = False, **spec) -> tuple[str | None, float]:
+        doc["variants"] = [{"format": fmt, "bits": 4, "group_size": 32, **spec}]
+        path = zephyr_config.parent / "dtype.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        project = load_config(path)
+        variant = project.variants[0]
+        planner = Planner(project, config, None, gpu=gpu, bf16=bf16)
+        return formats.of(variant).engine_dtype(planner, variant), planner.stage_needs(variant)["quantize"].ram
+
+    small = {"config": SMOLLM2_135M, "seq_len": 512}  # the offline default's 128 x 512 tokens
+    (small32, small32_ram), (small16, small16_ram) = plan("gptq", bf16=False, **small), plan("gptq", bf16=True, **small)
+    assert (small32, small16) == ("float32", "bfloat16")
+    assert small32_ram - small16_ram == 2 * 2 * 128 * 512 * SMOLLM2_135M["hidden_size"]  # activations in and out
+    assert plan("awq", bf16=False, **small)[0] == "bfloat16"
+    assert plan("gptq", bf16=False, gpu=True, **small)[0] is None  # the engine's float16
+    # On 128 x 4096 tokens float32 would add 1.2 GB, over the slack and the rule for so small a model.
+    assert plan("gptq", SMOLLM2_135M, False)[0] == "bfloat16"
+
+    # zephyr on 128 x 4096 tokens: float32 activations alone would be 17 GB, over 1.3x fp16 (18.8 GB) with the
+    # layers; on 128 x 512 float32 keeps within it.
+    full, full_ram = plan("gptq", MISTRAL_7B, False)
+    short, short_ram = plan("gptq", MISTRAL_7B, False, seq_len=512)
+    assert (full, short) == ("bfloat16", "float32")
+    assert full_ram < 18.8e9 and short_ram < 18.8e9

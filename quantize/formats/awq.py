@@ -76,7 +76,9 @@ def predict_bytes(config: dict, spec: AWQSpec) -> int:
     return safetensors_bytes(entries)
 
 
-def quantize_awq(base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+def quantize_awq(
+    base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path, dtype: str | None = None
+) -> EngineResult:
     if spec.autoround:
         result = run_autoround(
             base_path, spec.autoround, spec.bits, spec.group_size, not spec.zero_point, "awq", input_ids, out
@@ -93,6 +95,7 @@ def quantize_awq(base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Pat
         },
         input_ids,
         out,
+        dtype,
     )
     return _publish(out, spec, result, written_quantize_config(out), "gptqmodel")
 
@@ -121,6 +124,7 @@ class AWQ(GPTQModelFormat):
     family_rank = 0
     plot_marker = "s"
     config_files = "`quant_config.json` and `config.json` carry the same parameters (GEMM, zero point)."
+    float32_compute = False  # gptqmodel's AwqTorchLinear takes float16/bfloat16 only
 
     def names(self, spec: AWQSpec) -> tuple[str, str]:
         name = f"awq-{spec.bits}bit-{spec.group_size}g" + ("-autoround" if spec.autoround else "")
@@ -136,8 +140,10 @@ class AWQ(GPTQModelFormat):
             Support("TGI", None, "untested", ""),
         ]
 
-    def quantize(self, base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
-        return quantize_awq(base_path, spec, input_ids, out)
+    def quantize(
+        self, base_path: Path, spec: AWQSpec, input_ids: np.ndarray, out: Path, dtype: str | None = None
+    ) -> EngineResult:
+        return quantize_awq(base_path, spec, input_ids, out, dtype)
 
     def card_row(self, r: Row) -> tuple[str, str, str]:
         spec = r.variant.spec

@@ -36,6 +36,7 @@ class EngineResult:
 
     device: str
     dtype: str
+    compute_dtype: str | None = None  # what the engine computed in, where it differs from the saved dtype
     module_losses: list[dict] = field(default_factory=list)
     mix: TensorMix | None = None  # for a file whose per-tensor types were chosen to a budget
 
@@ -50,6 +51,7 @@ class BuildJob:
     calibration: CalibrationSet | None
     out: Path
     stages: Stages
+    planner: Estimator  # the run's planner: a stage whose dtype depends on memory decides as the plan did
 
 
 class Scorer(Protocol):

@@ -140,11 +140,13 @@ def predict_bytes(config: dict, spec: GPTQSpec) -> int:
     return safetensors_bytes(entries)
 
 
-def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+def quantize_gptq(
+    base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path, dtype: str | None = None
+) -> EngineResult:
     if spec.autoround:
         result = run_autoround(base_path, spec.autoround, spec.bits, spec.group_size, spec.sym, "gptq", input_ids, out)
     else:
-        result = _solve(base_path, spec, input_ids, out)
+        result = _solve(base_path, spec, input_ids, out, dtype)
     if not spec.dynamic_act_order:
         check_plain_g_idx(out, spec.group_size)
     config = autogptq_config(spec)
@@ -152,7 +154,7 @@ def quantize_gptq(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: P
     return result
 
 
-def _solve(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
+def _solve(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path, dtype: str | None) -> EngineResult:
     """gptqmodel's GPTQ solver, and a check that it wrote the v1 checkpoint asked for."""
     result = run_gptqmodel(
         base_path,
@@ -170,6 +172,7 @@ def _solve(base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) ->
         },
         input_ids,
         out,
+        dtype,
     )
     written = written_quantize_config(out)
     if written.get("checkpoint_format") != "gptq" or written.get("bits") != spec.bits:
@@ -320,8 +323,10 @@ class GPTQ(GPTQModelFormat):
             Support("TGI", None, "untested", ""),
         ]
 
-    def quantize(self, base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path) -> EngineResult:
-        return quantize_gptq(base_path, spec, input_ids, out)
+    def quantize(
+        self, base_path: Path, spec: GPTQSpec, input_ids: np.ndarray, out: Path, dtype: str | None = None
+    ) -> EngineResult:
+        return quantize_gptq(base_path, spec, input_ids, out, dtype)
 
     def load_kwargs(self, spec: GPTQSpec, base_config: dict, device: str) -> dict:
         """On a CPU, 4-bit GPTQ layouts the fast int4 kernel refuses load with gptqmodel's torch backend."""

@@ -67,9 +67,13 @@ class GPTQModelFormat(Format):
         "damp_percent": "use a fraction such as 0.1 (0.01 is AutoGPTQ's default)",
     }
     config_files: ClassVar[str]  # the card's compatibility line: which files carry the parameters
+    # Whether gptqmodel's solver for this format runs in float32 (GPTQ does; its AWQ refuses anything but 16-bit).
+    float32_compute: ClassVar[bool] = True
 
     @abstractmethod
-    def quantize(self, base_path: Path, spec, input_ids: np.ndarray, out: Path) -> EngineResult: ...
+    def quantize(
+        self, base_path: Path, spec, input_ids: np.ndarray, out: Path, dtype: str | None = None
+    ) -> EngineResult: ...
 
     def validate(self, spec, config: dict, config_file: Path, where: str, name: str) -> None:
         check_group_size(config, spec.group_size, where, name)
@@ -86,26 +90,52 @@ class GPTQModelFormat(Format):
 
     def stage_needs(self, planner, variant) -> dict[str, Needs]:
         """gptqmodel offloads the model to disk (run_gptqmodel gives it a folder) and brings in one layer at a
-        time, with every calibration sample's hidden states for it (16-bit, twice: inputs and outputs); at the
+        time, with every calibration sample's hidden states for it (twice: inputs and outputs, in the engine's dtype:
+        16-bit, or float32 on a CPU without bfloat16, engine_dtype); at the
         end it holds the packed model to save it. On a CPU at 7B (bench/full7b.py): 4.4 GB through the layers,
         6.8 GB at the end (4.2 GB file). Loading it for the check on a CPU converts v1 to v2 and repacks for the
         AVX-512 kernel: 10.9 GB for the 4.2 GB file. On a GPU the host side is not measured yet: the whole
         16-bit model is assumed."""
-        work = self.plan_work(planner, variant)
-        samples = variant.spec.samples or planner.recipe(variant.calibration).samples
-        tokens = samples * work.seq_len
+        tokens = self._tokens(planner, variant)
         size = self.predict_bytes(planner, variant.spec) or 0
         check = planner.check_needs(size if planner.gpu else int(2.5 * size))
         if variant.spec.autoround:
             return {"quantize": autoround_needs(planner, tokens, size, self.name), "check": check}
-        acts = 2 * 2 * tokens * planner.config["hidden_size"] + self.extra_acts(planner, variant.spec, tokens)
         if planner.gpu:
+            acts = self._acts(planner, variant.spec, tokens, 2)
             quantize = Needs(ram=planner.fp16_bytes, vram=planner.layer_bytes(2) + acts, disk_out=size)
         else:
-            head = 2 * planner.config["vocab_size"] * planner.config["hidden_size"] * 4
-            layers = 3 * planner.layer_bytes(4) + head + acts
-            quantize = Needs(ram=max(layers, size + head + planner.layer_bytes(4)), disk_out=size)
+            width = 4 if self.engine_dtype(planner, variant) == "float32" else 2
+            quantize = Needs(ram=self._cpu_ram(planner, variant.spec, tokens, size, width), disk_out=size)
         return {"quantize": quantize, "check": check}
+
+    def engine_dtype(self, planner, variant) -> str | None:
+        """The dtype gptqmodel computes in on a CPU: float32 or bfloat16 by the planner's one rule (cpu_dtype), from
+        this stage's two predicted peaks; None (the engine's float16) on a GPU and for AutoRound, which picks
+        its own."""
+        if planner.gpu or variant.spec.autoround:
+            return None
+        if not self.float32_compute:
+            return "bfloat16"
+        tokens = self._tokens(planner, variant)
+        size = self.predict_bytes(planner, variant.spec) or 0
+        ram = [self._cpu_ram(planner, variant.spec, tokens, size, width) for width in (2, 4)]
+        return planner.cpu_dtype(*ram)
+
+    def _tokens(self, planner, variant) -> int:
+        samples = variant.spec.samples or planner.recipe(variant.calibration).samples
+        return samples * self.plan_work(planner, variant).seq_len
+
+    def _acts(self, planner, spec, tokens: int, width: int) -> int:
+        """Every calibration token's hidden state into and out of the layer being solved, at `width` bytes."""
+        return 2 * width * tokens * planner.config["hidden_size"] + self.extra_acts(planner, spec, tokens)
+
+    def _cpu_ram(self, planner, spec, tokens: int, size: int, width: int) -> int:
+        """gptqmodel on a CPU: a few float32 layers, the float32 head and the activations while it solves, then
+        the packed file beside the head at the end."""
+        head = 2 * planner.config["vocab_size"] * planner.config["hidden_size"] * 4
+        layers = 3 * planner.layer_bytes(4) + head + self._acts(planner, spec, tokens, width)
+        return max(layers, size + head + planner.layer_bytes(4))
 
     def extra_acts(self, planner, spec, tokens: int) -> int:
         """Activation memory a recipe option adds for the `tokens` calibration tokens (none by default)."""
@@ -114,7 +144,8 @@ class GPTQModelFormat(Format):
     def build(self, job: BuildJob) -> EngineResult:
         assert job.calibration is not None  # `calibration` names a recipe for every GPTQ/AWQ variant
         with job.stages.stage("quantize"):
-            return self.quantize(job.base.path, job.variant.spec, job.calibration.input_ids, job.out)
+            dtype = self.engine_dtype(job.planner, job.variant)
+            return self.quantize(job.base.path, job.variant.spec, job.calibration.input_ids, job.out, dtype)
 
     def load_kwargs(self, spec, base_config: dict, device: str) -> dict:
         """Extra `from_pretrained` arguments a layout needs on this device."""

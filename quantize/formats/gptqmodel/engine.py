@@ -26,8 +26,11 @@ def prepare_engine_env() -> None:
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
 
-def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarray, out: Path) -> EngineResult:
-    """Quantize `base_path` with a gptqmodel QuantizeConfig built from `qconfig`, saving into `out`."""
+def run_gptqmodel(
+    base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarray, out: Path, dtype: str | None = None
+) -> EngineResult:
+    """Quantize `base_path` with a gptqmodel QuantizeConfig built from `qconfig`, saving into `out`, computing in
+    `dtype` (the format's engine_dtype: float32 or bfloat16 on a CPU; None: float16 on a GPU, bfloat16 on a CPU)."""
     prepare_engine_env()
     import torch
     from gptqmodel import GPTQModel, QuantizeConfig
@@ -35,7 +38,7 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
     device = compute_device()
     # CPUs run float16 several times slower than bfloat16; the saved tensors are cast to
     # float16 afterwards either way, so the device does not change what is published.
-    dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    torch_dtype = getattr(torch, dtype) if dtype else torch.float16 if device.startswith("cuda") else torch.bfloat16
     # gptqmodel offloads to disk and writes logs/ under the working directory: keep both
     # inside the staged folder (removed with it if the build dies), never in the user's cwd.
     out = Path(out).resolve()
@@ -43,7 +46,7 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
     (workdir / "offload").mkdir(parents=True)
     try:
         config = QuantizeConfig(**qconfig, device=device, offload_to_disk_path=str(workdir / "offload"))
-        log.info("gptqmodel: loading %s on %s (%s)", base_path, device, str(dtype).removeprefix("torch."))
+        log.info("gptqmodel: loading %s on %s (%s)", base_path, device, str(torch_dtype).removeprefix("torch."))
         samples = [
             {
                 "input_ids": torch.from_numpy(row).unsqueeze(0),
@@ -52,7 +55,7 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
             for row in input_ids
         ]
         with contextlib.chdir(workdir):
-            model = GPTQModel.load(str(Path(base_path).resolve()), config, dtype=dtype)
+            model = GPTQModel.load(str(Path(base_path).resolve()), config, dtype=torch_dtype)
             log.info(
                 "gptqmodel: %s %d-bit, %d samples x %d tokens",
                 qconfig.get("method", "gptq"),
@@ -68,7 +71,8 @@ def run_gptqmodel(base_path: Path, qconfig: dict[str, Any], input_ids: np.ndarra
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     finish_folder(base_path, out)
-    return EngineResult(device=device, dtype="float16", module_losses=_take_loss_log(out))
+    computed = str(torch_dtype).removeprefix("torch.")
+    return EngineResult(device=device, dtype="float16", compute_dtype=computed, module_losses=_take_loss_log(out))
 
 
 def _take_loss_log(out: Path) -> list[dict]:
