@@ -34,6 +34,9 @@ __all__ = ["EngineResult", "GPTQModelFormat", "QuantizedSpec", "prepare_engine_e
 
 log = logging.getLogger(__name__)
 
+# The dtypes gptqmodel may compute in on a CPU, with their bytes per activation value.
+DTYPE_WIDTHS = (("bfloat16", 2), ("float32", 4))
+
 
 def _is_group_size(value: int) -> bool:
     return value == -1 or (value >= 2 and value & (value - 1) == 0)
@@ -105,22 +108,23 @@ class GPTQModelFormat(Format):
             acts = self._acts(planner, variant.spec, tokens, 2)
             quantize = Needs(ram=planner.fp16_bytes, vram=planner.layer_bytes(2) + acts, disk_out=size)
         else:
-            width = 4 if self.engine_dtype(planner, variant) == "float32" else 2
-            quantize = Needs(ram=self._cpu_ram(planner, variant.spec, tokens, size, width), disk_out=size)
+            quantize = Needs(ram=self._cpu_quantize(planner, variant, tokens, size)[1], disk_out=size)
         return {"quantize": quantize, "check": check}
 
     def engine_dtype(self, planner, variant) -> str | None:
-        """The dtype gptqmodel computes in on a CPU: float32 or bfloat16 by the planner's one rule (cpu_dtype), from
-        this stage's two predicted peaks; None (the engine's float16) on a GPU and for AutoRound, which picks
-        its own."""
+        """The dtype gptqmodel computes in: on a CPU the one _cpu_quantize chose for the plan; None (the engine's
+        float16) on a GPU and for AutoRound, which picks its own."""
         if planner.gpu or variant.spec.autoround:
             return None
-        if not self.float32_compute:
-            return "bfloat16"
-        tokens = self._tokens(planner, variant)
         size = self.predict_bytes(planner, variant.spec) or 0
-        ram = [self._cpu_ram(planner, variant.spec, tokens, size, width) for width in (2, 4)]
-        return planner.cpu_dtype(*ram)
+        return self._cpu_quantize(planner, variant, self._tokens(planner, variant), size)[0]
+
+    def _cpu_quantize(self, planner, variant, tokens: int, size: int) -> tuple[str, int]:
+        """On a CPU: the dtype by the planner's one rule (cpu_dtype) from the stage's peaks in bfloat16 and in
+        float32, and the chosen one's peak; bfloat16 where the engine takes nothing wider."""
+        peaks = {dtype: self._cpu_ram(planner, variant.spec, tokens, size, width) for dtype, width in DTYPE_WIDTHS}
+        dtype = planner.cpu_dtype(peaks["bfloat16"], peaks["float32"]) if self.float32_compute else "bfloat16"
+        return dtype, peaks[dtype]
 
     def _tokens(self, planner, variant) -> int:
         samples = variant.spec.samples or planner.recipe(variant.calibration).samples
