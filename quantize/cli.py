@@ -30,6 +30,7 @@ from .plan import Planner, format_table, plan_json
 from .progress import setup_logging
 from .project import load_config
 from .selection import select
+from .weblinks import Links
 
 log = logging.getLogger("quantize")
 
@@ -59,6 +60,17 @@ def _add_variants(parser: argparse.ArgumentParser, force_help: str | None = None
     parser.add_argument("--out", default="out", help="output root (default: %(default)s)")
     if force_help:
         parser.add_argument("--force", action="store_true", help=force_help)
+
+
+def _add_destination(parser: argparse.ArgumentParser, git_help: str) -> None:
+    """Where the family goes: `card` writes its links for it and `publish` sends there (the same two options)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--endpoint", default=None, help="hub URL for the HTTP API (default: HF_ENDPOINT or https://huggingface.co)"
+    )
+    where.add_argument(
+        "--git", metavar="ROOT", help=f"{git_help}: a local mirror folder (served by `serve`) or a URL prefix"
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -197,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_card(args: argparse.Namespace) -> int:
     project = load_config(args.config)
-    folders = write_cards(project, Path(args.out))
+    folders = write_cards(project, Path(args.out), Links.destination(args.endpoint, args.git))
     if not folders:
         raise QuantizeError(
             f"{args.out}: no variant of {project.path.name} has passed its checks; "
@@ -290,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("card", help="write README.md for every output repo from the reports (OUT/cards/)")
     _add_config(p)
     p.add_argument("--out", default="out", help="output root (default: %(default)s)")
+    _add_destination(p, "cards for a git destination instead (what `publish --git` takes)")
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("publish", help="push checked variants to their hub branches, with the card, and verify")
@@ -299,13 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip (and list) variants that are not built or did not pass, instead of refusing them all",
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--endpoint", default=None, help="hub URL for the HTTP API (default: HF_ENDPOINT or https://huggingface.co)"
-    )
-    where.add_argument(
-        "--git", metavar="ROOT", help="push over git instead: a local mirror folder (served by `serve`) or a URL prefix"
-    )
+    _add_destination(p, "push over git instead")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("serve", help="serve a local mirror folder to huggingface_hub clients (read-only, via olah)")

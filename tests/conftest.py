@@ -132,6 +132,20 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
     return proc
 
 
+def cards_for(config: Path, out: Path, *publish_args: str) -> None:
+    """Write the cards for the destination a publish command names, as `card` with the same `--endpoint` or
+    `--git` writes them (publish refuses a card whose links name another destination). In-process: the same
+    `write_cards` the command calls, without a second interpreter start per publish in the fault trials."""
+    from quantize.card import write_cards
+    from quantize.project import load_config
+    from quantize.weblinks import Links
+
+    def value(flag: str) -> str | None:
+        return publish_args[publish_args.index(flag) + 1] if flag in publish_args else None
+
+    write_cards(load_config(config), Path(out), Links.destination(value("--endpoint"), value("--git")))
+
+
 def llama_tokens(llm, text: str) -> list[int]:
     """llama.cpp's own tokenization of `text` (no BOS, special tokens as text), for parity tests with HF."""
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

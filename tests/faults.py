@@ -233,7 +233,15 @@ def publish_env(**extra: str) -> dict[str, str]:
     }
 
 
+def carded(family: Family, target: Remote) -> None:
+    """The family's cards written for `target` (publish refuses cards whose links name another destination)."""
+    from conftest import cards_for
+
+    cards_for(family.config, family.out, *target.args())
+
+
 def run_publish(family: Family, target: Remote, *select: str, timeout: float = 300, **env: str):
+    carded(family, target)
     return subprocess.run(
         publish_cmd(family, target, *select),
         capture_output=True,
@@ -248,6 +256,7 @@ def killed_publish(family: Family, target: Remote, after: float, group: bool) ->
     """Start a publish and SIGKILL it `after` seconds in: its process alone (its git children live on,
     as when a runner kills the job's main process) or its whole process group (a cancelled CI job).
     What it had logged, for the table's note on where it was cut."""
+    carded(family, target)
     proc = subprocess.Popen(
         publish_cmd(family, target),
         stdout=subprocess.PIPE,
@@ -370,6 +379,7 @@ def concurrent_trials(new: Family, kind: str, work: Path, trials: int) -> Outcom
     for i in range(trials):
         where = work / f"{kind}-shards-{i}"
         with remote(kind, where) as target:
+            carded(new, target)  # once, before any starts: the three read the same card files
             procs = [
                 subprocess.Popen(
                     publish_cmd(new, target, *shard),

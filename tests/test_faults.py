@@ -12,7 +12,7 @@ import shutil
 
 import faults
 import pytest
-from conftest import run_cli
+from conftest import cards_for, run_cli
 from faults import DEFAULT, REPO_GPTQ, Family
 
 
@@ -122,6 +122,7 @@ def test_check_all_on_a_partly_built_out_checks_what_is_there(family, tmp_path):
 def test_publish_all_on_a_partly_built_out_publishes_what_is_there(family, tmp_path):
     out, common = partial(family, tmp_path, "gptq-8bit-32g-actorder_True", "gguf-i1-q4_k_m")
     mirror = ["--git", str(tmp_path / "mirror")]
+    cards_for(family.config, out, *mirror)
     proc = run_cli("publish", "--all", *common, *mirror)
     assert proc.returncode == 0, proc.stderr
     assert "skipped: gptq-8bit-32g, gguf-i1-q4_k_m" in proc.stdout and "gguf-q8_0" in proc.stdout
@@ -129,6 +130,7 @@ def test_publish_all_on_a_partly_built_out_publishes_what_is_there(family, tmp_p
     proc = run_cli("publish", "--variant", "gguf-i1-q4_k_m", *common, *mirror)
     assert proc.returncode == 1 and "gguf-i1-q4_k_m: not built in" in proc.stderr.splitlines()[-1]
     # Damaged: refused with everything else (nothing sent); with --only-passed the rest go, and the exit says so.
+    cards_for(family.config, out, "--git", str(tmp_path / "mirror2"))  # before the damage: `card` refuses it then
     (out / DEFAULT / "report.json").write_text("[]")
     proc = run_cli("publish", "--all", *common, "--git", str(tmp_path / "mirror2"))
     assert proc.returncode == 1 and str(out / DEFAULT / "report.json") in proc.stderr.splitlines()[-1]

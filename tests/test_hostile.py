@@ -17,6 +17,7 @@ from quantize.config import PypiFile
 from quantize.errors import AssetError
 from quantize.formats import gguf as gguf_format
 from quantize.formats import sections
+from quantize.weblinks import Links
 
 SAFE = "use 1-96 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 REPO = "use letters, digits, '-', '_' or '.' (not first or last), no '--' or '..', at most 96 characters"
@@ -148,10 +149,13 @@ def test_file_names_and_card_links_never_interpret_user_text():
     with pytest.raises(ValueError):
         gguf_format.file_name("../../escaped", "F16")
     assert gguf_format.file_name("zephyr-7b-beta", "q4_k_m", imatrix=True) == "zephyr-7b-beta.i1-Q4_K_M.gguf"
-    inputs = SimpleNamespace(repo="o/x{0}{foo}")
+    inputs = SimpleNamespace(repo="o/x{0}{foo}", links=Links.endpoint("https://huggingface.co"))
     cell = sections.branch_cell(inputs, SimpleNamespace(default=False, branch="gptq-4bit-32g-actorder_True"))
     assert cell == "[gptq-4bit-32g-actorder_True](https://huggingface.co/o/x{0}{foo}/tree/gptq-4bit-32g-actorder_True)"
     assert sections.branch_cell(inputs, SimpleNamespace(default=True, branch="b")).startswith("[main](")
+    # a destination is text too: braces stay braces, and credentials never reach a link
+    hub = Links.git("https://u:{tok}@git.example/{x}")
+    assert hub.tree("o/x{0}", "b") == "https://git.example/{x}/o/x{0}"
 
 
 # -- 2. wheel assets ----------------------------------------------------------------------------------------------

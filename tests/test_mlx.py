@@ -213,6 +213,7 @@ def test_card_has_an_mlx_section_and_publish_pushes_the_branches(built):
     # the engine versions come from the format's own declaration (they were once blank: "mlx-lm  (mlx )")
     assert f"made with mlx-lm {version('mlx-lm')} (mlx {version('mlx')}) by quantize" in card
     mirror = built["work"] / "hub"
+    run_cli("card", "--config", str(config), "--out", str(out), "--git", str(mirror), cwd=built["work"], check=True)
     run_cli("publish", "--config", str(config), "--out", str(out), "--all", "--git", str(mirror), check=True)
     import subprocess
 

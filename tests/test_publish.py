@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_GATES, run_cli, write_config
+from conftest import TINY_GATES, cards_for, run_cli, write_config
 from faults import BRANCHES, REPO_GGUF, REPO_GPTQ, TOKEN, Family
 from localhub import serve
 
@@ -26,6 +27,7 @@ def built(family, tiny_model):
 
 
 def publish(built, *args: str, token: str = TOKEN, **env) -> subprocess.CompletedProcess:
+    cards_for(built["config"], built["out"], *args)
     os.environ.update({"HF_TOKEN": token, "QUANTIZE_HUB_BACKOFF": "0.05", **env})
     try:
         return run_cli("publish", "--config", str(built["config"]), "--out", str(built["out"]), *args)
@@ -287,6 +289,58 @@ def test_card_command_writes_one_card_per_repo(built):
         assert card.startswith("---\n") and branch in card
 
 
+def test_card_links_go_where_it_is_published_and_publish_refuses_a_card_for_elsewhere(built, tmp_path):
+    """Cards written for a git mirror link the family at the mirror and fetch with git; written for another hub,
+    at that hub's pages with HF_ENDPOINT; a token in a git remote never reaches a card; and a publish to a
+    destination the cards were not written for is refused, in one line naming the card and the command."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built["out"], out, ignore=shutil.ignore_patterns("published"))
+    common = ("--config", str(built["config"]), "--out", str(out))
+    mirror = tmp_path / "hub"
+    run_cli("card", *common, "--git", str(mirror), check=True)
+    gptq = (out / "cards" / REPO_GPTQ.replace("/", "__") / "README.md").read_text()
+    gguf = (out / "cards" / REPO_GGUF.replace("/", "__") / "README.md").read_text()
+    at = (mirror.resolve() / "models").as_uri()
+    for card in (gptq, gguf):
+        assert "huggingface.co/tester" not in card and "hf download" not in card
+        assert f"({at}/{REPO_GPTQ})" in card and f"({at}/{REPO_GGUF})" in card  # the family list
+    assert f"[gptq-8bit-32g-actorder_True]({at}/{REPO_GPTQ}) " in gptq  # a bare repository has no branch pages
+    assert f"git clone --branch gptq-8bit-32g-actorder_True {at}/{REPO_GPTQ}" in gptq
+    assert re.search(rf"git clone --branch gguf-\S+ {re.escape(at)}/{REPO_GGUF}\n", gguf), gguf
+    # ...and the published README is that card
+    proc = run_cli("publish", *common, "--variant", "gguf-q8_0", "--git", str(mirror))
+    assert proc.returncode == 0, proc.stderr
+    shown = subprocess.run(
+        ["git", "--git-dir", str(mirror / "models" / REPO_GGUF), "show", "gguf-q8_0:README.md"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert shown == gguf
+
+    # Written for a mirror, sent to a hub: refused before anything is sent (the endpoint is never reached).
+    proc = run_cli("publish", *common, "--variant", "gguf-q8_0", "--endpoint", "http://127.0.0.1:9")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{out / 'cards' / REPO_GGUF.replace('/', '__') / 'README.md'} links to {at}" in last
+    assert "this publish goes to http://127.0.0.1:9" in last
+    assert f"quantize card --config {built['config']} --out {out} --endpoint http://127.0.0.1:9" in last
+
+    run_cli("card", *common, "--endpoint", "http://hub.example:8080/", check=True)
+    gptq = (out / "cards" / REPO_GPTQ.replace("/", "__") / "README.md").read_text()
+    assert f"(http://hub.example:8080/{REPO_GPTQ}/tree/gptq-8bit-32g-actorder_True)" in gptq
+    assert f"HF_ENDPOINT=http://hub.example:8080 hf download {REPO_GPTQ} --revision" in gptq
+    assert "set `HF_ENDPOINT=http://hub.example:8080`" in gptq and "huggingface.co/tester" not in gptq
+
+    run_cli("card", *common, "--git", "https://bot:hf_secret@git.example.com/models/", check=True)
+    for card in (out / "cards").glob("*/README.md"):
+        text = card.read_text()
+        assert "hf_secret" not in text and "bot@" not in text
+        assert f"(https://git.example.com/models/{REPO_GPTQ})" in text
+
+
 def test_a_remote_that_does_not_hold_what_was_sent_fails_loudly(built, tmp_path):
     with serve(tmp_path / "hub", TOKEN) as hub:
         hub.tamper.add("quantize_config.json")
@@ -314,6 +368,7 @@ def test_git_publish_refuses_a_branch_moved_by_another_writer(built, tmp_path):
     from quantize.project import load_config
 
     ours, other = GitTransport(tmp_path / "mirror"), GitTransport(tmp_path / "mirror")
+    cards_for(built["config"], built["out"], "--git", str(tmp_path / "mirror"))
     other.scratch = tmp_path / "other-scratch"
 
     def other_writes(name: str) -> None:

@@ -46,8 +46,8 @@ def test_default_gptq_variant_builds_checks_and_chats(out):
     )
 
     # The rest of the README's first command: card, publish to the local mirror, then download it back by branch.
-    run_cli("card", "--config", str(CONFIG), "--out", str(out), check=True)
     mirror = out.parent / "hub"
+    run_cli("card", "--config", str(CONFIG), "--out", str(out), "--git", str(mirror), check=True)
     run_cli(
         "publish",
         "--config",

@@ -40,3 +40,28 @@ def vllm_python() -> Path:
         subprocess.run([*pip, "uninstall", "-y", *REMOVE], check=True)
         tmp.rename(env)  # venvs hold absolute paths in their scripts, but `bin/python -m` works after a move
         return python
+
+
+# What vLLM's CPU build says when the library it loaded for this CPU lacks the 4-bit kernel.
+NO_W4A16_KERNEL = "no attribute 'cpu_gemm_wna16'"
+
+PROBE = """
+import torch
+from vllm.platforms import current_platform
+current_platform.import_kernels()
+print(hasattr(torch.ops._C, "cpu_gemm_wna16"))
+"""
+
+
+def has_w4a16_kernel(python: Path) -> bool:
+    """Whether vLLM's CPU build has its 4-bit weight kernel on this CPU.
+
+    The wheel ships three libraries and loads one by the CPU's features: the AVX-512 ones
+    hold `cpu_gemm_wna16` (every 4-bit GPTQ/AWQ layer on CPU runs through it), the AVX2
+    one does not, so on an AVX2-only CPU vLLM reads a 4-bit file, picks that kernel and
+    stops at the first forward. Asked of vLLM itself (about 5 s), not guessed from cpuinfo.
+    """
+    proc = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.split()
+    assert proc.returncode == 0 and lines, proc.stderr[-2000:]
+    return lines[-1] == "True"

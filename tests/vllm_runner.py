@@ -1,7 +1,8 @@
 """Runs inside the vLLM environment: load each folder, score token windows, greedy-generate prompts.
 
 python vllm_runner.py JOB.json  ->  one JSON line per folder on stdout:
-{"folder", "loaded", "error", "token_logprobs" (per window, positions 1..n-1), "replies"}
+{"folder", "loaded", "error" (at load, or at the first forward once loaded),
+ "token_logprobs" (per window, positions 1..n-1), "replies"}
 The engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so a refusal's real message reaches us.
 """
 
@@ -38,21 +39,24 @@ def run(folder, windows, prompts, max_new_tokens, max_model_len):
         out["error"] = root_error(err)
         return out
     out["loaded"] = True
-    scored = llm.generate(
-        [TokensPrompt(prompt_token_ids=w) for w in windows],
-        SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
-        use_tqdm=False,
-    )
-    out["token_logprobs"] = [
-        [res.prompt_logprobs[j][w[j]].logprob for j in range(1, len(w))] for w, res in zip(windows, scored)
-    ]
-    if prompts:
-        generated = llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            SamplingParams(max_tokens=max_new_tokens, temperature=0.0),
+    try:  # a file can load and still fail its first forward (a kernel this CPU's build lacks): report that too
+        scored = llm.generate(
+            [TokensPrompt(prompt_token_ids=w) for w in windows],
+            SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
             use_tqdm=False,
         )
-        out["replies"] = [list(g.outputs[0].token_ids) for g in generated]
+        out["token_logprobs"] = [
+            [res.prompt_logprobs[j][w[j]].logprob for j in range(1, len(w))] for w, res in zip(windows, scored)
+        ]
+        if prompts:
+            generated = llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts],
+                SamplingParams(max_tokens=max_new_tokens, temperature=0.0),
+                use_tqdm=False,
+            )
+            out["replies"] = [list(g.outputs[0].token_ids) for g in generated]
+    except BaseException as err:  # noqa: BLE001
+        out["error"] = root_error(err)
     del llm
     return out
 

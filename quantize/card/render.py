@@ -8,6 +8,7 @@ golden-file tests.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -19,9 +20,10 @@ from huggingface_hub import ModelCardData
 from .. import __version__, formats
 from ..basemodel import resolve_config
 from ..config import Project
-from ..formats.sections import HUB, PLOT_NAME, CardInputs, Row, first_checks
+from ..formats.sections import PLOT_NAME, CardInputs, Row, first_checks
 from ..outputs import built_report
-from ..paths import write_atomic
+from ..paths import write_atomic, write_json
+from ..weblinks import HF_WEB, Links, base_links
 from .compare import collect, plot
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def _title(c: CardInputs) -> str:
     if creator:
         lines.append(f"- Model creator: {creator}")
     if base.id:
-        lines.append(f"- Original model: [{base.display_name}]({HUB}/{base.id})")
+        lines.append(f"- Original model: [{base.display_name}]({base_links().repo(base.id)})")
     made = fmt.card_engine(c.rows)
     checks = first_checks(c)
     ev = checks.eval if checks else None
@@ -109,9 +111,10 @@ def _family(c: CardInputs) -> str:
     for fmt in sorted(formats.FORMATS.values(), key=lambda f: f.family_rank):
         if fmt.name in c.family:
             here = " (this repo)" if c.family[fmt.name] == c.repo else ""
-            lines.append(f"* [{fmt.family_line}]({HUB}/{c.family[fmt.name]}){here}")
+            lines.append(f"* [{fmt.family_line}]({c.links.repo(c.family[fmt.name])}){here}")
     if base.id:
-        lines.append(f"* [{base.creator or base.id.split('/')[0]}'s original unquantized model]({HUB}/{base.id})")
+        owner = base.creator or base.id.split("/")[0]
+        lines.append(f"* [{owner}'s original unquantized model]({base_links().repo(base.id)})")
     return "\n".join(lines)
 
 
@@ -123,13 +126,28 @@ def _original(c: CardInputs) -> str:
     base = c.project.config.base_model
     who = f"{base.creator}'s " if base.creator else ""
     if not c.base_card:
-        where = f" See [{base.id}]({HUB}/{base.id})." if base.id else ""
+        where = f" See [{base.id}]({base_links().repo(base.id)})." if base.id else ""
         return (
             f"# Original model card: {who}{base.display_name}\n\n"
             f"The original card was not available when this card was written.{where}"
         )
     body = re.sub(r"\A\s*---\n.*?\n---\n", "", c.base_card, count=1, flags=re.S).strip()
     return f"# Original model card: {who}{base.display_name}\n\n{body}"
+
+
+def _elsewhere(c: CardInputs) -> str:
+    """Where the run commands below must look, when the card is not published to huggingface.co."""
+    if c.links.root == HF_WEB:
+        return ""
+    if c.links.web:
+        return (
+            f"This repository is on {c.links.root}, not huggingface.co: set `HF_ENDPOINT={c.links.root}` before "
+            f"the commands below, so huggingface_hub (and what downloads through it) asks that hub for `{c.repo}`."
+        )
+    return (
+        f"This repository is published to a git remote ({c.links.repo(c.repo)}), not a hub: clone its branch "
+        f"as above and pass the folder in place of `{c.repo}` in the commands below."
+    )
 
 
 def render(c: CardInputs) -> str:
@@ -141,6 +159,7 @@ def render(c: CardInputs) -> str:
         _template(c),
         fmt.card_provided(c),
         fmt.card_download(c),
+        _elsewhere(c),
         fmt.card_usage(c),
     ]
     if c.has_plot:
@@ -149,7 +168,7 @@ def render(c: CardInputs) -> str:
             f"from the unquantized model:\n\n![size against KLD]({PLOT_NAME})"
         )
     parts += ["<!-- original-model-card start -->", _original(c), "<!-- original-model-card end -->"]
-    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+    return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
 
 
 # -- gathering ------------------------------------------------------------------------------
@@ -185,8 +204,24 @@ def card_dir(out_root: Path, repo: str) -> Path:
     return out_root / "cards" / repo.replace("/", "__")
 
 
-def write_cards(project: Project, out_root: Path) -> dict[str, Path]:
-    """Write README.md (and the comparison plot) for every repo with a passed variant; repo -> folder."""
+# Beside each README.md (never published): the destination its links were written for, which `publish` checks.
+CARD_RECORD = "card.json"
+
+
+def written_for(folder: Path) -> Links | None:
+    """The destination a card folder's links name; None for a card written before links were recorded."""
+    try:
+        data = json.loads((folder / CARD_RECORD).read_text(encoding="utf-8"))
+        return Links(root=str(data["links"]["root"]), web=bool(data["links"]["web"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cards(project: Project, out_root: Path, links: Links | None = None) -> dict[str, Path]:
+    """Write README.md (and the comparison plot) for every repo with a passed variant; repo -> folder.
+
+    `links`: the destination `publish` will send them to (default: HF_ENDPOINT or huggingface.co)."""
+    links = links or Links.endpoint()
     grouped = published_rows(project, out_root)
     if not grouped:
         return {}
@@ -209,8 +244,10 @@ def write_cards(project: Project, out_root: Path) -> dict[str, Path]:
             base_card=original,
             family=family,
             has_plot=True,
+            links=links,
         )
         write_atomic(folder / "README.md", render(inputs).encode())
+        write_json(folder / CARD_RECORD, {"links": {"root": links.root, "web": links.web}})
         log.info("card for %s: %s (%d variants)", repo, folder / "README.md", len(rows))
         folders[repo] = folder
     for stale in (out_root / "cards").iterdir():

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from ..errors import EngineError
 from ..sizes import model_tensors, safetensors_bytes
 from .autoround import AutoRoundSpec, autoround_description, run_autoround
-from .clients import TRANSFORMERS, VLLM_CPU, Support
+from .clients import TRANSFORMERS, VLLM_CPU, VLLM_CPU_4BIT, Support
 from .gptqmodel import EngineResult, GPTQModelFormat, QuantizedSpec, run_gptqmodel
 from .sections import Row
 from .weightfolder import engine_config, publish_configs, written_quantize_config
@@ -136,7 +136,7 @@ class AWQ(GPTQModelFormat):
     def support(self, spec: AWQSpec) -> list[Support]:
         return [
             Support("transformers", True, TRANSFORMERS),
-            Support("vLLM", True, VLLM_CPU, "CPU build, float16"),
+            Support("vLLM", True, VLLM_CPU, VLLM_CPU_4BIT),
             Support("TGI", None, "untested", ""),
         ]
 

@@ -25,7 +25,7 @@ from ..estimate import Estimator, Needs
 from ..measure import Stages
 from ..records import TensorMix
 from .clients import Support, loading, table_rows
-from .sections import QUALITY_HEAD, CardInputs, Row, base_quality, branch_cell, gb, quality, table
+from .sections import QUALITY_HEAD, CardInputs, Row, base_quality, branch_cell, fetch_lines, gb, quality, table
 
 DEFAULT_RUN_SEQ_LEN = 4096  # the context `plan` sizes the run memory for, where a format has no length of its own
 
@@ -213,11 +213,18 @@ class Format(ABC):
                 "## How to download from branches",
                 "",
                 "```shell",
-                f"hf download {repo} --revision {example} --local-dir {repo.split('/')[-1]}-{example}",
+                *fetch_lines(c, example, f"--revision {example} --local-dir {repo.split('/')[-1]}-{example}"),
                 "```",
-                "",
-                f"With huggingface_hub older than 1.0: `huggingface-cli download {repo} --revision {example} "
-                f"--local-dir {repo.split('/')[-1]}-{example}`.",
+                *(
+                    [
+                        "",
+                        f"With huggingface_hub older than 1.0: `{c.links.download_env}huggingface-cli download {repo} "
+                        f"--revision {example} "
+                        f"--local-dir {repo.split('/')[-1]}-{example}`.",
+                    ]
+                    if c.links.web
+                    else []
+                ),
             ]
         )
 

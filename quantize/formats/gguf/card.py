@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..sections import HUB, QUALITY_HEAD, CardInputs, Row, base_quality, chat_prompt, gb, quality, table
+from ..sections import QUALITY_HEAD, CardInputs, Row, base_quality, chat_prompt, fetch_lines, gb, quality, table
 from .spec import GGUF_RAM_OVERHEAD, GGUF_USE
 
 
@@ -39,7 +39,7 @@ def provided(c: CardInputs) -> str:
         bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"
         rows.append(
             [
-                f"[{name}]({HUB}/{c.repo}/blob/main/{name}) (branch `{r.variant.branch}`)",
+                f"[{name}]({c.links.blob(c.repo, 'main', name)}) (branch `{r.variant.branch}`)",
                 method,
                 bits,
                 gb(r.size),
@@ -57,7 +57,7 @@ def provided(c: CardInputs) -> str:
 
 
 def download(c: CardInputs) -> str:
-    repo, row = c.repo, _example(c)
+    row = _example(c)
     return "\n".join(
         [
             "## How to download",
@@ -65,11 +65,18 @@ def download(c: CardInputs) -> str:
             "Every file is on `main` and on its own branch. Fetch just the one you need:",
             "",
             "```shell",
-            f"hf download {repo} {_file(row)} --local-dir .",
-            f"hf download {repo} --revision {row.variant.branch} --local-dir {row.variant.branch}",
+            *(fetch_lines(c, "main", f"{_file(row)} --local-dir .") if c.links.web else []),
+            *fetch_lines(c, row.variant.branch, f"--revision {row.variant.branch} --local-dir {row.variant.branch}"),
             "```",
             "",
-            "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same arguments.",
+            *(
+                [
+                    "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same "
+                    "arguments."
+                ]
+                if c.links.web
+                else []
+            ),
         ]
     )
 

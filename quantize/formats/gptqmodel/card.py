@@ -12,6 +12,7 @@ from ..sections import (
     base_quality,
     branch_cell,
     calibration_cells,
+    fetch_lines,
     gb,
     quality,
     table,
@@ -98,16 +99,30 @@ def download(c: CardInputs) -> str:
         [
             "## How to download from branches",
             "",
-            f"- In text-generation-webui, enter `{repo}:{example}` in the download box (`{repo}` alone gets `main`).",
+            *(
+                [
+                    f"- In text-generation-webui, enter `{repo}:{example}` in the download box "
+                    f"(`{repo}` alone gets `main`)."
+                ]
+                if c.links.web
+                else []
+            ),
             "- From the command line:",
             "",
             "```shell",
-            f"hf download {repo} --revision {example} --local-dir {repo.split('/')[-1]}",
+            *fetch_lines(c, example, f"--revision {example} --local-dir {repo.split('/')[-1]}"),
             "```",
-            "",
-            "With huggingface_hub older than 1.0: "
-            f"`huggingface-cli download {repo} --revision {example} --local-dir {repo.split('/')[-1]}`.",
-            "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
+            *(
+                [
+                    "",
+                    "With huggingface_hub older than 1.0: "
+                    f"`{c.links.download_env}huggingface-cli download {repo} --revision {example} "
+                    f"--local-dir {repo.split('/')[-1]}`.",
+                    "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
+                ]
+                if c.links.web
+                else []
+            ),
         ]
     )
 
