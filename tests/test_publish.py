@@ -340,6 +340,20 @@ def test_card_links_go_where_it_is_published_and_publish_refuses_a_card_for_else
         assert "hf_secret" not in text and "bot@" not in text
         assert f"(https://git.example.com/models/{REPO_GPTQ})" in text
 
+    # A format the config names but nothing of which passed has no repo to link: the family list leaves it out.
+    import yaml
+
+    data = yaml.safe_load(built["config"].read_text())
+    data["variants"].append({"format": "awq", "bits": 4, "group_size": 32})
+    more = built["config"].parent / f"with-awq-{tmp_path.name}.yaml"  # beside it: the same recipes resolve
+    more.write_text(yaml.safe_dump(data))
+    try:
+        run_cli("card", "--config", str(more), "--out", str(out), check=True)
+    finally:
+        more.unlink()
+    gptq = (out / "cards" / REPO_GPTQ.replace("/", "__") / "README.md").read_text()
+    assert f"/{REPO_GGUF})" in gptq and "tiny-mistral-AWQ" not in gptq
+
 
 def test_a_remote_that_does_not_hold_what_was_sent_fails_loudly(built, tmp_path):
     with serve(tmp_path / "hub", TOKEN) as hub:

@@ -227,7 +227,8 @@ def write_cards(project: Project, out_root: Path, links: Links | None = None) ->
         return {}
     config, _ = resolve_config(project)
     original = base_card(project)
-    family = {v.format: v.repo for v in project.variants}
+    # only repos that will hold a passed variant: a card never links a repo that is not there
+    family = {v.format: v.repo for v in project.variants if v.repo in grouped}
     table = collect(project, out_root)
     table.rows = [r for r in table.rows if r["gate"] == "pass"]
     folders = {}
