@@ -209,6 +209,30 @@ def test_static_and_i1_files_differ_and_keep_their_names(built):
     assert i1.is_file() and static.is_file() and i1.read_bytes() != static.read_bytes()
 
 
+def test_i1_files_carry_llama_cpps_imatrix_provenance_keys(built):
+    """The four keys llama-quantize writes, read back with gguf-py's reader: the matrix's file (which exists in
+    the imatrix cache), the calibration recipe and its source, the matrix's entries, its chunks; a static file
+    has none of them."""
+    import gguf
+
+    def fields(path):
+        reader = gguf.GGUFReader(path)
+        return {k: f.contents() for k, f in reader.fields.items() if k.startswith("quantize.")}
+
+    report = json.loads((built["out"] / "gguf-i1-q4_k_m" / "report.json").read_text())
+    got = fields(built["out"] / "gguf-i1-q4_k_m" / "tiny-mistral.i1-Q4_K_M.gguf")
+    matrix = built["cache"] / "imatrix" / got["quantize.imatrix.file"]
+    assert matrix.is_file() and matrix.suffix == ".npz"
+    with np.load(matrix) as data:
+        assert got["quantize.imatrix.entries_count"] == len(data.files) > 0
+    cal = report["inputs"]["calibration"]
+    said = f"{cal['recipe']}: {cal['source']}"
+    assert got["quantize.imatrix.dataset"] == (said if len(said) <= 127 else said[:124] + "...")  # char[128]
+    assert got["quantize.imatrix.chunks_count"] == cal["samples"] == 8
+    assert set(got) == {f"quantize.imatrix.{k}" for k in ("file", "dataset", "entries_count", "chunks_count")}
+    assert fields(built["out"] / "gguf-q4_k_m" / "tiny-mistral.Q4_K_M.gguf") == {}
+
+
 def test_bad_type_lists_valid_ones(tmp_path, tiny_model):
     config = write_config(tmp_path, tiny_model, [{"format": "gguf", "quant_type": "Q4_K_XL"}])
     proc = run_cli("list", "--config", str(config))

@@ -60,6 +60,12 @@ def test_file_holds_the_chosen_types_and_loads(built):
         assert written == mix["tensor_types"]
         assert sum(mix["type_counts"].values()) == len(written) and len(mix["type_counts"]) >= 2
         assert np.isfinite(gguf_logits(load_gguf(path, n_ctx=64), [5, 6, 7, 8])).all()
+        # what it was asked for and what it chose, in the file itself (beside llama.cpp's imatrix keys)
+        keys = {k: f.contents() for k, f in GGUFReader(path).fields.items() if k.startswith("quantize.")}
+        assert keys["quantize.mix.budget_bytes"] == str(mix["budget_bytes"])
+        assert keys["quantize.mix.type_counts"] == ", ".join(f"{n} {t}" for t, n in mix["type_counts"].items())
+        assert keys["quantize.mix.candidates"] == ",".join(mix["candidates"])
+        assert keys["quantize.imatrix.chunks_count"] == built["reports"][name]["inputs"]["calibration"]["samples"]
 
 
 def test_a_larger_budget_loses_less(built):

@@ -24,7 +24,17 @@ from ..base import BuildJob, EngineResult
 from . import mix
 from .convert import OUTTYPES, ModelMeta, convert
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
-from .quantize import quantize_file
+from .quantize import (
+    KV_IMATRIX_CHUNKS,
+    KV_IMATRIX_DATASET,
+    KV_IMATRIX_ENTRIES,
+    KV_IMATRIX_FILE,
+    KV_MIX_BUDGET,
+    KV_MIX_CANDIDATES,
+    KV_MIX_TYPES,
+    fit_value,
+    quantize_file,
+)
 from .spec import GGUFSpec, budget_bytes, file_name
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,19 @@ def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
     return load_imatrix(path)
 
 
+def imatrix_metadata(key: str, matrix: dict, calib: CalibrationSet) -> dict[str, str | int]:
+    """The four keys llama-quantize writes into a file made with an importance matrix, meaning what they mean
+    there: the matrix's file (ours is content-addressed by base and calibration: `KEY.npz` in the imatrix
+    cache), the text it was measured on (recipe and source), its tensor count, and its chunks (windows)."""
+    stats = calib.stats
+    return {
+        KV_IMATRIX_FILE: f"{key}.npz",
+        KV_IMATRIX_DATASET: fit_value(f"{stats.recipe}: {stats.source}"),
+        KV_IMATRIX_ENTRIES: len(matrix),
+        KV_IMATRIX_CHUNKS: stats.samples,
+    }
+
+
 def build_gguf(job: BuildJob, meta: ModelMeta) -> EngineResult:
     """The variant's one file, into the job's staged folder: converted directly (F32/BF16/Q8_0...), or
     quantized by llama.cpp from the cached F16 (and importance matrix), or mixed to a budget."""
@@ -84,7 +107,8 @@ def build_gguf(job: BuildJob, meta: ModelMeta) -> EngineResult:
         assert calib is not None and matrix is not None  # GGUFSpec refuses a mix without an importance matrix
         return build_mix(base, spec, f16, matrix, calib, target, stages)
     with stages.stage("quantize"):
-        quantize_file(f16, target, spec.label, matrix)
+        provenance = imatrix_metadata(imatrix_key(base, calib), matrix, calib) if calib and matrix else None
+        quantize_file(f16, target, spec.label, matrix, metadata=provenance)
     return EngineResult(device="cpu", dtype=spec.label)
 
 
@@ -143,8 +167,14 @@ def build_mix(
     types = mix.choose(sensitivity, budget - mix.fixed_bytes(f16, sensitivity))
     counts = dict(Counter(types.values()).most_common())
     log.info("mix: %s for %.3f GB", ", ".join(f"{n} x {t}" for t, n in counts.items()), budget / 1e9)
+    provenance = {
+        **imatrix_metadata(imatrix_key(base, calib), matrix, calib),
+        KV_MIX_BUDGET: str(budget),  # a 7B budget passes uint32's 4.29e9
+        KV_MIX_TYPES: fit_value(", ".join(f"{n} {t}" for t, n in counts.items())),
+        KV_MIX_CANDIDATES: fit_value(",".join(spec.candidates)),
+    }
     with stages.stage("quantize"):
-        mix.quantize_mix(f16, target, types, matrix)
+        mix.quantize_mix(f16, target, types, matrix, metadata=provenance)
     record = TensorMix(
         budget_bytes=budget,
         candidates=list(spec.candidates),

@@ -342,11 +342,16 @@ def probe(
 
 
 def quantize_mix(
-    src: Path, dst: Path, types: dict[str, str], imatrix: dict[str, np.ndarray], file_type: str = "Q4_K_M"
+    src: Path,
+    dst: Path,
+    types: dict[str, str],
+    imatrix: dict[str, np.ndarray],
+    file_type: str = "Q4_K_M",
+    metadata: dict[str, str | int] | None = None,
 ) -> None:
     """llama.cpp writes `dst` from the F16 `src` with every tensor's type given as an exact-name override."""
 
-    quantize_file(src, dst, file_type, imatrix, overrides=_overrides(types))
+    quantize_file(src, dst, file_type, imatrix, overrides=_overrides(types), metadata=metadata)
     written = {t.name: t.tensor_type.name for t in gguf.GGUFReader(dst).tensors if t.name in types}
     wrong = {n: (written.get(n), q) for n, q in types.items() if written.get(n) != q}
     if wrong:
