@@ -47,7 +47,7 @@ def test_budget_is_met_and_predicted(built):
 
 
 def test_file_holds_the_chosen_types_and_loads(built):
-    from gguf import GGUFReader
+    from gguf import GGUFReader, LlamaFileType
 
     from quantize.formats.gguf.llamacpp import gguf_logits, load_gguf
 
@@ -66,6 +66,12 @@ def test_file_holds_the_chosen_types_and_loads(built):
         assert keys["quantize.mix.type_counts"] == ", ".join(f"{n} {t}" for t, n in mix["type_counts"].items())
         assert keys["quantize.mix.candidates"] == ",".join(mix["candidates"])
         assert keys["quantize.imatrix.chunks_count"] == built["reports"][name]["inputs"]["calibration"]["samples"]
+        # no stock file type describes a mix: llama.cpp's "guessed" flag on its most common type, not Q4_K_M
+        most = max(mix["type_counts"].values())
+        dominant = min(t for t, n in mix["type_counts"].items() if n == most)  # a tie goes to the first name
+        stock = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}.get(dominant, dominant)
+        want = int(LlamaFileType[f"MOSTLY_{stock}"]) | int(LlamaFileType.GUESSED)
+        assert GGUFReader(path).fields["general.file_type"].contents() == want != int(LlamaFileType.MOSTLY_Q4_K_M)
 
 
 def test_a_larger_budget_loses_less(built):

@@ -25,6 +25,7 @@ from . import mix
 from .convert import OUTTYPES, ModelMeta, convert
 from .imatrix import compute_imatrix, load_imatrix, save_imatrix
 from .quantize import (
+    KV_FILE_TYPE,
     KV_IMATRIX_CHUNKS,
     KV_IMATRIX_DATASET,
     KV_IMATRIX_ENTRIES,
@@ -33,6 +34,7 @@ from .quantize import (
     KV_MIX_CANDIDATES,
     KV_MIX_TYPES,
     fit_value,
+    guessed_file_type,
     quantize_file,
 )
 from .spec import GGUFSpec, budget_bytes, file_name
@@ -172,6 +174,7 @@ def build_mix(
         KV_MIX_BUDGET: str(budget),  # a 7B budget passes uint32's 4.29e9
         KV_MIX_TYPES: fit_value(", ".join(f"{n} {t}" for t, n in counts.items())),
         KV_MIX_CANDIDATES: fit_value(",".join(spec.candidates)),
+        KV_FILE_TYPE: guessed_file_type(types),  # not the Q4_K_M llama.cpp was called with: no stock type fits
     }
     with stages.stage("quantize"):
         mix.quantize_mix(f16, target, types, matrix, metadata=provenance)

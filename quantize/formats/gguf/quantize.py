@@ -34,11 +34,25 @@ KV_MIX_BUDGET = "quantize.mix.budget_bytes"
 KV_MIX_TYPES = "quantize.mix.type_counts"
 KV_MIX_CANDIDATES = "quantize.mix.candidates"
 KV_VALUE_BYTES = 127  # llama_model_kv_override holds a string in char[128]
+KV_FILE_TYPE = "general.file_type"
+# llama.cpp's loader, finding no file type, names a file by its most common tensor type and flags the guess
+# (LLAMA_FTYPE_GUESSED); k-quant types map to their _M file types there, as here.
+GUESSED_FILE_TYPE = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "IQ2_S": "IQ2_XS"}
 
 
 def file_type(quant_type: str) -> int:
     member = "ALL_F32" if quant_type == "F32" else f"MOSTLY_{quant_type}"
     return int(gguf.LlamaFileType[member])
+
+
+def guessed_file_type(tensor_types: dict[str, str]) -> int:
+    """The file type of a file no stock type describes, in llama.cpp's own terms: its most common tensor type's
+    file type with the GUESSED flag, which llama.cpp prints as e.g. "Q4_K - Medium (guessed)"."""
+    counts: dict[str, int] = {}
+    for qtype in tensor_types.values():
+        counts[qtype] = counts.get(qtype, 0) + 1
+    dominant = max(sorted(counts), key=lambda t: counts[t])
+    return file_type(GUESSED_FILE_TYPE.get(dominant, dominant)) | int(gguf.LlamaFileType.GUESSED)
 
 
 def fit_value(text: str) -> str:
