@@ -14,7 +14,6 @@ model's links go to the hub it is downloaded from (HF_ENDPOINT or huggingface.co
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,11 @@ HF_WEB = "https://huggingface.co"
 
 
 def default_endpoint() -> str:
-    """huggingface_hub's own default: HF_ENDPOINT when set, else huggingface.co (read at call time)."""
-    return (os.environ.get("HF_ENDPOINT") or HF_WEB).rstrip("/")
+    """huggingface_hub's own default (HF_ENDPOINT when set, else huggingface.co), the one its clients and our
+    HTTP transport use: one answer for where a card links and where `publish` sends."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
 
 
 def is_url(root: str) -> bool:

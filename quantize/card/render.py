@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -212,7 +213,7 @@ def written_for(folder: Path) -> Links | None:
     """The destination a card folder's links name; None for a card written before links were recorded."""
     try:
         data = json.loads((folder / CARD_RECORD).read_text(encoding="utf-8"))
-        return Links(root=str(data["links"]["root"]), web=bool(data["links"]["web"]))
+        return Links(**data["links"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -248,7 +249,7 @@ def write_cards(project: Project, out_root: Path, links: Links | None = None) ->
             links=links,
         )
         write_atomic(folder / "README.md", render(inputs).encode())
-        write_json(folder / CARD_RECORD, {"links": {"root": links.root, "web": links.web}})
+        write_json(folder / CARD_RECORD, {"links": asdict(links)})
         log.info("card for %s: %s (%d variants)", repo, folder / "README.md", len(rows))
         folders[repo] = folder
     for stale in (out_root / "cards").iterdir():

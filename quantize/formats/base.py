@@ -25,7 +25,7 @@ from ..estimate import Estimator, Needs
 from ..measure import Stages
 from ..records import TensorMix
 from .clients import Support, loading, table_rows
-from .sections import QUALITY_HEAD, CardInputs, Row, base_quality, branch_cell, fetch_lines, gb, quality, table
+from .sections import QUALITY_HEAD, CardInputs, Row, base_quality, branch_cell, fetch_lines, gb, on_hub, quality, table
 
 DEFAULT_RUN_SEQ_LEN = 4096  # the context `plan` sizes the run memory for, where a format has no length of its own
 
@@ -215,15 +215,11 @@ class Format(ABC):
                 "```shell",
                 *fetch_lines(c, example, f"--revision {example} --local-dir {repo.split('/')[-1]}-{example}"),
                 "```",
-                *(
-                    [
-                        "",
-                        f"With huggingface_hub older than 1.0: `{c.links.download_env}huggingface-cli download {repo} "
-                        f"--revision {example} "
-                        f"--local-dir {repo.split('/')[-1]}-{example}`.",
-                    ]
-                    if c.links.web
-                    else []
+                *on_hub(
+                    c,
+                    "",
+                    f"With huggingface_hub older than 1.0: `{c.links.download_env}huggingface-cli download {repo} "
+                    f"--revision {example} --local-dir {repo.split('/')[-1]}-{example}`.",
                 ),
             ]
         )

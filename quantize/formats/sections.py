@@ -110,6 +110,12 @@ def fetch_lines(c: CardInputs, branch: str, hf_args: str) -> list[str]:
     return [f"git clone --branch {branch} {c.links.repo(c.repo)}"]
 
 
+def on_hub(c: CardInputs, *lines: str) -> list[str]:
+    """`lines` where the card is published to a hub, none for a git destination (whose readers have no hub
+    client to point at it: text-generation-webui's box, huggingface-cli, snapshot_download)."""
+    return list(lines) if c.links.web else []
+
+
 def calibration_cells(r: Report) -> tuple[str, str]:
     cal = r.inputs.calibration
     if cal is None:

@@ -30,7 +30,7 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from ..errors import BranchMoved, HubAuthError, PublishError
-from ..weblinks import Links
+from ..weblinks import Links, default_endpoint
 from .publish import KEEP, MOVED, Listing, LocalFile, RemoteFile
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class HubTransport:
     name = "http"
 
     def __init__(self, endpoint: str | None = None, token: str | None = None, backoff: float | None = None):
-        self.where = (endpoint or constants.ENDPOINT).rstrip("/")
+        self.where = (endpoint or default_endpoint()).rstrip("/")
         self.links = Links.endpoint(self.where)
         self._token = token  # None: huggingface_hub's own lookup (HF_TOKEN, saved login)
         self.api = HfApi(endpoint=self.where, token=token)

@@ -174,7 +174,7 @@ def build_mix(
         KV_MIX_BUDGET: str(budget),  # a 7B budget passes uint32's 4.29e9
         KV_MIX_TYPES: fit_value(", ".join(f"{n} {t}" for t, n in counts.items())),
         KV_MIX_CANDIDATES: fit_value(",".join(spec.candidates)),
-        KV_FILE_TYPE: guessed_file_type(types),  # not the Q4_K_M llama.cpp was called with: no stock type fits
+        KV_FILE_TYPE: guessed_file_type(counts),  # not the Q4_K_M llama.cpp was called with: no stock type fits
     }
     with stages.stage("quantize"):
         mix.quantize_mix(f16, target, types, matrix, metadata=provenance)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..sections import QUALITY_HEAD, CardInputs, Row, base_quality, chat_prompt, fetch_lines, gb, quality, table
+from ..sections import QUALITY_HEAD, CardInputs, Row, base_quality, chat_prompt, fetch_lines, gb, on_hub, quality, table
 from .spec import GGUF_RAM_OVERHEAD, GGUF_USE
 
 
@@ -65,17 +65,14 @@ def download(c: CardInputs) -> str:
             "Every file is on `main` and on its own branch. Fetch just the one you need:",
             "",
             "```shell",
-            *(fetch_lines(c, "main", f"{_file(row)} --local-dir .") if c.links.web else []),
+            *on_hub(c, *fetch_lines(c, "main", f"{_file(row)} --local-dir .")),
             *fetch_lines(c, row.variant.branch, f"--revision {row.variant.branch} --local-dir {row.variant.branch}"),
             "```",
             "",
-            *(
-                [
-                    "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same "
-                    "arguments."
-                ]
-                if c.links.web
-                else []
+            *on_hub(
+                c,
+                "With huggingface_hub older than 1.0 the command is `huggingface-cli download` with the same "
+                "arguments.",
             ),
         ]
     )

@@ -45,13 +45,11 @@ def file_type(quant_type: str) -> int:
     return int(gguf.LlamaFileType[member])
 
 
-def guessed_file_type(tensor_types: dict[str, str]) -> int:
+def guessed_file_type(type_counts: dict[str, int]) -> int:
     """The file type of a file no stock type describes, in llama.cpp's own terms: its most common tensor type's
-    file type with the GUESSED flag, which llama.cpp prints as e.g. "Q4_K - Medium (guessed)"."""
-    counts: dict[str, int] = {}
-    for qtype in tensor_types.values():
-        counts[qtype] = counts.get(qtype, 0) + 1
-    dominant = max(sorted(counts), key=lambda t: counts[t])
+    file type with the GUESSED flag, which llama.cpp prints as e.g. "Q4_K - Medium (guessed)". A tie goes to
+    the first name."""
+    dominant = max(sorted(type_counts), key=lambda t: type_counts[t])
     return file_type(GUESSED_FILE_TYPE.get(dominant, dominant)) | int(gguf.LlamaFileType.GUESSED)
 
 

@@ -14,6 +14,7 @@ from ..sections import (
     calibration_cells,
     fetch_lines,
     gb,
+    on_hub,
     quality,
     table,
     vram,
@@ -99,29 +100,23 @@ def download(c: CardInputs) -> str:
         [
             "## How to download from branches",
             "",
-            *(
-                [
-                    f"- In text-generation-webui, enter `{repo}:{example}` in the download box "
-                    f"(`{repo}` alone gets `main`)."
-                ]
-                if c.links.web
-                else []
+            *on_hub(
+                c,
+                f"- In text-generation-webui, enter `{repo}:{example}` in the download box (`{repo}` alone gets "
+                "`main`).",
             ),
             "- From the command line:",
             "",
             "```shell",
             *fetch_lines(c, example, f"--revision {example} --local-dir {repo.split('/')[-1]}"),
             "```",
-            *(
-                [
-                    "",
-                    "With huggingface_hub older than 1.0: "
-                    f"`{c.links.download_env}huggingface-cli download {repo} --revision {example} "
-                    f"--local-dir {repo.split('/')[-1]}`.",
-                    "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
-                ]
-                if c.links.web
-                else []
+            *on_hub(
+                c,
+                "",
+                "With huggingface_hub older than 1.0: "
+                f"`{c.links.download_env}huggingface-cli download {repo} --revision {example} "
+                f"--local-dir {repo.split('/')[-1]}`.",
+                "- From Python: `snapshot_download(repo_id, revision=BRANCH)`.",
             ),
         ]
     )
