@@ -47,6 +47,8 @@ from common import (
 )
 from common import table as text_table
 
+from quantize.outputs import weight_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sim7b import ZEPHYR, ZEPHYR_PARAMS  # noqa: E402
 from tinymodel import WIKI, save_spm_tokenizer  # noqa: E402
@@ -220,9 +222,9 @@ def main() -> None:
                 "process_s": wall and round(wall, 1),
                 "process_peak_rss_bytes": peak,
                 "process_peak_x_fp16": peak and round(peak / FP16_BYTES, 3),
-                "file_bytes": report["total_bytes"],
+                "file_bytes": weight_bytes(report),
                 "plan_bytes": pred["predicted_bytes"],
-                "size_error": round(report["total_bytes"] / pred["predicted_bytes"] - 1, 4),
+                "size_error": round(weight_bytes(report) / pred["predicted_bytes"] - 1, 4),
                 "stages": report["stages"],
                 "plan_stages": pred["stages"],
                 "checks": report.get("checks"),

@@ -46,6 +46,8 @@ from common import (
     write_result,
 )
 
+from quantize.outputs import weight_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tinymodel import WIKI, save_random_mistral  # noqa: E402  the tests' model builder, without pytest
 
@@ -156,7 +158,7 @@ def build(work: Path, layers: int, fmt: str, samples: int, seq_len: int, cache: 
         "process_s": None if wall is None else round(wall, 1),
         "process_peak_rss_bytes": process_peak_rss(output),
         "stages": report["stages"],
-        "file_bytes": report["total_bytes"],
+        "file_bytes": weight_bytes(report),
         "bf16_weights_bytes": weights,
         "f16_gguf_bytes": f16_bytes if fmt == "gguf" else None,
     }

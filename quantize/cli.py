@@ -1,4 +1,4 @@
-"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build, check, report, card, publish, serve.
+"""`python -m quantize SUBCOMMAND`: list, plan, matrix, build, check, report, card, publish, verify, serve.
 
 Every QuantizeError becomes one line on stderr and a non-zero exit; tracebacks are for
 bugs, not for bad input.
@@ -18,6 +18,8 @@ from .build import Builder
 from .card import write_cards
 from .card.compare import collect, write_outputs
 from .checks.checker import Checker, format_verdicts, run_check
+from .checks.recheck import problems as recheck_problems
+from .checks.recheck import recheck
 from .config import Project
 from .context import RunContext
 from .errors import AssetError, DamagedOutput, NotBuilt, QuantizeError
@@ -25,6 +27,7 @@ from .hub.git import GitTransport
 from .hub.http import HubTransport
 from .hub.mirror import serve_forever
 from .hub.publish import Publisher, Transport
+from .hub.verify import verify, write_record
 from .paths import cache_root, raise_if_disk_full
 from .plan import Planner, format_table, plan_json
 from .progress import setup_logging
@@ -248,6 +251,30 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Files first; with --check (and the files intact) the figures too, measured again here."""
+    record, folder, manifests = verify(args.repo, args.revision, Path(args.out), args.endpoint, args.git)
+    if args.check and record.passed:
+        project = load_config(args.config)
+        record.rechecked = recheck(project, folder, manifests, Path(args.out) / "work")
+        record.problems += recheck_problems(record.rechecked)
+        record.passed = not record.problems
+        for r in record.rechecked:
+            for x in r.figures:
+                print(f"{r.variant:24s} {x.figure:15s} published {x.published:.6g}, here {x.measured:.6g}")
+    path = write_record(Path(args.out), record)
+    for m in record.manifests:
+        print(f"{m.variant or '?':24s} {m.path}: {m.files} file(s) named")
+    for problem in record.problems:
+        print(f"  problem: {problem}")
+    state = "verified" if record.passed else f"FAILED, {len(record.problems)} problem(s)"
+    print(f"{record.repo}@{record.revision}: {record.files_checked} file(s) checked, {state}; wrote {path}")
+    if not record.passed:
+        print(f"error: {record.repo}@{record.revision}: {record.problems[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(Path(args.mirror), args.host, args.port)
 
@@ -314,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_destination(p, "push over git instead")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("verify", help="download a published branch and check every file against its quantize.json")
+    p.add_argument("repo", help="OWNER/NAME")
+    p.add_argument("--revision", default="main", help="branch (default: %(default)s)")
+    p.add_argument("--out", default="verified", help="where the branch is downloaded to (default: %(default)s)")
+    _add_destination(p, "clone it from a git destination instead (what `publish --git` pushed to)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also re-run the checks on the downloaded files and compare with the published figures",
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("serve", help="serve a local mirror folder to huggingface_hub clients (read-only, via olah)")
     p.add_argument("--mirror", default="out/hub", help="folder `publish --git` wrote (default: %(default)s)")

@@ -95,5 +95,10 @@ class BranchMoved(PublishError):
     """Another writer committed to the branch between our listing and our commit; nothing was overwritten."""
 
 
+class VerifyError(QuantizeError):
+    """A published branch cannot be verified: not there, not downloadable, or without a manifest to hold it to.
+    (A branch that *differs* from its manifest is a result, listed file by file, and exits 1 as well.)"""
+
+
 class HubAuthError(PublishError):
     """The hub rejected the credentials (or there were none)."""

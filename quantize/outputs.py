@@ -15,6 +15,13 @@ from .hashing import file_sha256
 from .records import REPORT_NAME, SCHEMA_VERSION, OutputFile, Report
 
 MODEL_SUFFIXES = (".safetensors", ".gguf")
+IMATRIX_SUFFIX = ".imatrix.gguf"  # a GGUF that holds an importance matrix, not weights
+TENSOR_TYPES_SUFFIX = ".tensor-types.txt"  # a size-budget GGUF's layout, for llama-quantize --tensor-type-file
+
+
+def is_model_file(path: str) -> bool:
+    """Weights (safetensors, a GGUF model), not the importance matrix published beside them."""
+    return path.endswith(MODEL_SUFFIXES) and not path.endswith(IMATRIX_SUFFIX)
 
 
 def variant_folder(out_root: Path, variant) -> Path:
@@ -66,7 +73,12 @@ def built_report(out_root: Path, variant) -> Report | None:
 
 def model_bytes(files: list[OutputFile]) -> int:
     """Bytes of weight files (safetensors or GGUF), the numerator of bits per weight."""
-    return sum(f.size for f in files if f.path.endswith(MODEL_SUFFIXES))
+    return sum(f.size for f in files if is_model_file(f.path))
+
+
+def weight_bytes(report: dict) -> int:
+    """`model_bytes` of a report.json read as plain JSON (the bench scripts' and tests' view of one)."""
+    return sum(f["size"] for f in report["files"] if is_model_file(f["path"]))
 
 
 def list_files(folder: Path, exclude: tuple[str, ...] = ("report.json",)) -> list[OutputFile]:

@@ -101,14 +101,19 @@ class ChatStats(BaseModel):
     scored_tokens: int  # assistant tokens
 
 
-class ChatScores(BaseModel):
-    eval: ChatStats
+class Quality(BaseModel):
+    """The figures every comparison with the unquantized model yields, on plain text or on chats."""
+
     base_ppl: float
     ppl: float
     ppl_ratio: float
     mean_kld: float
     p99_kld: float
     top1_agreement: float
+
+
+class ChatScores(Quality):
+    eval: ChatStats
 
 
 class Verdict(BaseModel):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tinymodel import CHAT_TEMPLATE, TINY, WIKI, save_random_mistral, save_spm_tokenizer  # noqa: F401 (WIKI: re-exported)
 
@@ -149,3 +150,15 @@ def cards_for(config: Path, out: Path, *publish_args: str) -> None:
 def llama_tokens(llm, text: str) -> list[int]:
     """llama.cpp's own tokenization of `text` (no BOS, special tokens as text), for parity tests with HF."""
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+def published_means(path) -> dict[str, np.ndarray]:
+    """A published GGUF imatrix read as llama-quantize reads it, by gguf-py alone: in_sum2 / counts in float32."""
+    import gguf
+
+    tensors = {t.name: np.array(t.data, dtype=np.float32).reshape(-1) for t in gguf.GGUFReader(path).tensors}
+    return {
+        name.removesuffix(".in_sum2"): sums / tensors[name.removesuffix(".in_sum2") + ".counts"][0]
+        for name, sums in tensors.items()
+        if name.endswith(".in_sum2")
+    }

@@ -67,6 +67,7 @@ class Family:
         folder = self.out / branch
         report = json.loads((folder / "report.json").read_text())
         files = {f["path"]: (folder / f["path"]).read_bytes() for f in report["files"]}
+        files["quantize.json"] = (folder / "quantize.json").read_bytes()  # the manifest `card` wrote
         card = self.out / "cards" / BRANCHES[branch].replace("/", "__")
         files.update({name: (card / name).read_bytes() for name in ("README.md", "comparison.png")})
         return files
@@ -77,8 +78,10 @@ class Family:
         out[(REPO_GPTQ, "main")] = self.branch_files(DEFAULT)
         gguf_main: dict[str, bytes] = {}
         for branch, repo in BRANCHES.items():
-            if repo == REPO_GGUF:
-                gguf_main.update(self.branch_files(branch))
+            if repo == REPO_GGUF:  # each variant's manifest at its own path on the shared branch
+                files = self.branch_files(branch)
+                files[f"quantize/{branch}.json"] = files.pop("quantize.json")
+                gguf_main.update(files)
         out[(REPO_GGUF, "main")] = gguf_main
         return out
 

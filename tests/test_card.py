@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from quantize.card import CardInputs, Row, render
+from quantize.manifest import from_report
 from quantize.project import load_config
 from quantize.records import Report
 
@@ -22,8 +23,12 @@ GOLDEN = Path(__file__).parent / "golden" / "card"
 
 def inputs(repo: str) -> CardInputs:
     project = load_config(GOLDEN / "variants.yaml")
+    reports = {
+        v.branch: Report.model_validate_json((GOLDEN / "reports" / f"{v.branch}.json").read_text())
+        for v in project.variants
+    }
     rows = [
-        Row(v, Report.model_validate_json((GOLDEN / "reports" / f"{v.branch}.json").read_text()))
+        Row(v, reports[v.branch], from_report(reports[v.branch], project.config.base_model.id))
         for v in project.variants
         if v.repo == repo
     ]

@@ -91,7 +91,7 @@ def test_the_reader_check_sees_a_mixed_branch(family, old, tmp_path):
         assert faults.mixed(target, family, old) == [] and faults.differs_from(target, family) == []
         stale = (old.out / DEFAULT / "model.safetensors").read_bytes()
         target.hub.write(REPO_GPTQ, DEFAULT, {"model.safetensors": stale})
-        assert faults.mixed(target, family, old) == [f"{REPO_GPTQ}@{DEFAULT}: 9 files that are not one version's"]
+        assert faults.mixed(target, family, old) == [f"{REPO_GPTQ}@{DEFAULT}: 10 files that are not one version's"]
         assert faults.differs_from(target, family) == [f"{REPO_GPTQ}@{DEFAULT}"]
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import llama_tokens, run_cli, write_config
+from conftest import llama_tokens, published_means, run_cli, write_config
 
 from quantize.formats.gguf import imatrix_by_default
 from quantize.formats.gguf.convert import ModelMeta, convert
@@ -210,27 +210,58 @@ def test_static_and_i1_files_differ_and_keep_their_names(built):
 
 
 def test_i1_files_carry_llama_cpps_imatrix_provenance_keys(built):
-    """The four keys llama-quantize writes, read back with gguf-py's reader: the matrix's file (which exists in
-    the imatrix cache), the calibration recipe and its source, the matrix's entries, its chunks; a static file
-    has none of them."""
+    """The four keys llama-quantize writes, read back with gguf-py's reader: the matrix's file (published beside
+    the i1 file), the calibration recipe and its source, the matrix's entries, its chunks; a static file has
+    none of them, and no matrix beside it."""
     import gguf
 
     def fields(path):
         reader = gguf.GGUFReader(path)
         return {k: f.contents() for k, f in reader.fields.items() if k.startswith("quantize.")}
 
-    report = json.loads((built["out"] / "gguf-i1-q4_k_m" / "report.json").read_text())
-    got = fields(built["out"] / "gguf-i1-q4_k_m" / "tiny-mistral.i1-Q4_K_M.gguf")
-    matrix = built["cache"] / "imatrix" / got["quantize.imatrix.file"]
-    assert matrix.is_file() and matrix.suffix == ".npz"
-    with np.load(matrix) as data:
-        assert got["quantize.imatrix.entries_count"] == len(data.files) > 0
+    folder = built["out"] / "gguf-i1-q4_k_m"
+    report = json.loads((folder / "report.json").read_text())
+    got = fields(folder / "tiny-mistral.i1-Q4_K_M.gguf")
+    assert got["quantize.imatrix.file"] == "tiny-mistral.imatrix.gguf"
+    assert "tiny-mistral.imatrix.gguf" in {f["path"] for f in report["files"]}  # published with the variant
+    matrix = gguf.GGUFReader(folder / got["quantize.imatrix.file"])
+    sums = [t for t in matrix.tensors if t.name.endswith(".in_sum2")]
+    assert got["quantize.imatrix.entries_count"] == len(sums) == 2 * 7 + 1
     cal = report["inputs"]["calibration"]
     said = f"{cal['recipe']}: {cal['source']}"
     assert got["quantize.imatrix.dataset"] == (said if len(said) <= 127 else said[:124] + "...")  # char[128]
+    assert matrix.get_field("imatrix.datasets").contents() == [said]  # the file itself: no char[128]
     assert got["quantize.imatrix.chunks_count"] == cal["samples"] == 8
+    assert matrix.get_field("imatrix.chunk_count").contents() == 8
+    assert matrix.get_field("imatrix.chunk_size").contents() == cal["seq_len"]
     assert set(got) == {f"quantize.imatrix.{k}" for k in ("file", "dataset", "entries_count", "chunks_count")}
     assert fields(built["out"] / "gguf-q4_k_m" / "tiny-mistral.Q4_K_M.gguf") == {}
+    assert sorted(p.name for p in (built["out"] / "gguf-q4_k_m").glob("*.gguf")) == ["tiny-mistral.Q4_K_M.gguf"]
+
+
+def tensor_bytes(path) -> dict[str, tuple[str, bytes]]:
+    import gguf
+
+    return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_the_published_imatrix_remakes_the_i1_file_in_llama_cpp(built, tmp_path):
+    """The matrix as published, read back as llama-quantize reads it (in_sum2 / counts, in float32) by gguf-py
+    alone, and handed to llama.cpp with the cached F16: every tensor comes out byte for byte as published.
+    Negative control: the same matrix with its columns reversed changes the quantized bytes (a uniform scale
+    would not: llama.cpp's weighted rounding is invariant to it)."""
+
+    from quantize.formats.gguf.quantize import quantize_file
+
+    folder = built["out"] / "gguf-i1-q4_k_m"
+    means = published_means(folder / "tiny-mistral.imatrix.gguf")
+    (f16,) = (built["cache"] / "gguf").glob("*/tiny-mistral.F16.gguf")
+    remade = tmp_path / "remade.gguf"
+    quantize_file(f16, remade, "Q4_K_M", means)
+    published = tensor_bytes(folder / "tiny-mistral.i1-Q4_K_M.gguf")
+    assert tensor_bytes(remade) == published
+    quantize_file(f16, tmp_path / "other.gguf", "Q4_K_M", {n: v[::-1].copy() for n, v in means.items()})
+    assert tensor_bytes(tmp_path / "other.gguf") != published
 
 
 def test_bad_type_lists_valid_ones(tmp_path, tiny_model):

@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_config
+from conftest import published_means, run_cli, write_config
 
 from quantize.formats.gguf.mix import Option, TensorSensitivity, choose
+from quantize.outputs import weight_bytes
 
 BUDGETS = {"gguf-i1-mix-3.5bpw": 3.5, "gguf-i1-mix-5.5bpw": 5.5}
 
@@ -40,9 +41,10 @@ def test_budget_is_met_and_predicted(built):
     for name, bpw in BUDGETS.items():
         report = built["reports"][name]
         budget = report["mix"]["budget_bytes"]
-        assert report["total_bytes"] <= budget, name
+        size = weight_bytes(report)  # the GGUF, not the matrix and layout published beside it
+        assert size <= budget < report["total_bytes"], name
         # the walk spends the budget to within a few small tensors' upgrades; plan predicts the budget
-        assert report["total_bytes"] / report["predicted_bytes"] > 0.99, name
+        assert size / report["predicted_bytes"] > 0.99, name
         assert report["bits_per_weight"] == pytest.approx(bpw, abs=0.05)
 
 
@@ -53,8 +55,9 @@ def test_file_holds_the_chosen_types_and_loads(built):
 
     for name in BUDGETS:
         folder = built["out"] / name
-        path = next(folder.glob("*.gguf"))
-        assert path.name == f"tiny-mistral.i1-MIX-{BUDGETS[name]:g}BPW.gguf"
+        path = folder / f"tiny-mistral.i1-MIX-{BUDGETS[name]:g}BPW.gguf"
+        published = {p.name for p in folder.iterdir() if p.suffix in (".gguf", ".txt")}
+        assert published == {path.name, "tiny-mistral.imatrix.gguf", f"{path.stem}.tensor-types.txt"}
         mix = built["reports"][name]["mix"]
         written = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors if len(t.shape) > 1}
         assert written == mix["tensor_types"]
@@ -72,6 +75,39 @@ def test_file_holds_the_chosen_types_and_loads(built):
         stock = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}.get(dominant, dominant)
         want = int(LlamaFileType[f"MOSTLY_{stock}"]) | int(LlamaFileType.GUESSED)
         assert GGUFReader(path).fields["general.file_type"].contents() == want != int(LlamaFileType.MOSTLY_Q4_K_M)
+
+
+def test_the_published_layout_and_imatrix_remake_the_mix_in_llama_cpp(built, tmp_path):
+    """What a user with stock llama.cpp does: `--tensor-type-file` lines handed to llama.cpp as they are
+    (PATTERN=TYPE, its regexes), the published matrix as in_sum2 / counts, Q4_K_M as the base type, from the
+    F16: every tensor byte for byte as published. Control: without the layout, the bytes differ."""
+    import gguf
+    import llama_cpp
+
+    from quantize.formats.gguf.quantize import quantize_file
+
+    folder = built["out"] / "gguf-i1-mix-3.5bpw"
+    lines = (folder / "tiny-mistral.i1-MIX-3.5BPW.tensor-types.txt").read_text().splitlines()
+    overrides = (llama_cpp.llama_model_tensor_override * (len(lines) + 1))()
+    keep = []
+    for i, line in enumerate(lines):
+        pattern, qtype = line.rsplit("=", 1)
+        keep.append(pattern.encode())
+        overrides[i].pattern = keep[-1]
+        overrides[i].type = int(gguf.GGMLQuantizationType[qtype])
+    overrides[len(lines)].pattern = None
+    means = published_means(folder / "tiny-mistral.imatrix.gguf")
+    (f16,) = (built["work"] / "cache" / "gguf").glob("*/tiny-mistral.F16.gguf")
+
+    def data(path):
+        return {t.name: (t.tensor_type.name, t.data.tobytes()) for t in gguf.GGUFReader(path).tensors}
+
+    quantize_file(f16, tmp_path / "remade.gguf", "Q4_K_M", means, overrides=overrides)
+    published = data(folder / "tiny-mistral.i1-MIX-3.5BPW.gguf")
+    assert data(tmp_path / "remade.gguf") == published
+    quantize_file(f16, tmp_path / "plain.gguf", "Q4_K_M", means)
+    assert data(tmp_path / "plain.gguf") != published
+    assert len(keep) == len(lines)  # the patterns' bytes stayed alive for the C side
 
 
 def test_a_larger_budget_loses_less(built):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_GATES, cards_for, run_cli, write_config
-from faults import BRANCHES, REPO_GGUF, REPO_GPTQ, TOKEN, Family
+from faults import BRANCHES, DEFAULT, REPO_GGUF, REPO_GPTQ, TOKEN, Family
 from localhub import serve
 
 
@@ -94,6 +94,7 @@ def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
         assert {p for p in gguf_main if p.endswith(".gguf")} == {
             "tiny-mistral.Q8_0.gguf",
             "tiny-mistral.i1-Q4_K_M.gguf",
+            "tiny-mistral.imatrix.gguf",  # the i1 file's importance matrix, as llama-quantize --imatrix reads it
         }
         card = gguf_main["README.md"].decode()
         assert "tiny-mistral.Q8_0.gguf" in card and "tiny-mistral.i1-Q4_K_M.gguf" in card
@@ -120,6 +121,108 @@ def test_http_publish_downloads_back_byte_for_byte(built, tmp_path):
         )
         proc = publish(built, "--variant", "gptq-8bit-32g", "--endpoint", hub.url)
         assert "gptq-8bit-32g-actorder_True: uploaded 1 file(s)" in proc.stdout, proc.stdout + proc.stderr
+
+
+def verify(repo: str, revision: str, endpoint: str, out: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`python -m quantize verify` over HTTP; the record it wrote this time (None when it wrote none)."""
+    record = out / f"{repo.replace('/', '__')}__{revision}.verify.json"
+    record.unlink(missing_ok=True)
+    proc = run_cli("verify", repo, "--revision", revision, "--endpoint", endpoint, "--out", str(out))
+    return proc, (json.loads(record.read_text()) if record.is_file() else None)
+
+
+def test_every_branch_carries_a_manifest_and_verify_holds_a_download_to_it(built, tmp_path):
+    """quantize.json names every file with its sha256, holds no local path, and carries the report's figures;
+    `verify` passes on each untouched branch (the GGUF main: one manifest per variant) and names the file
+    when a byte changed, a file was added, or a manifest lies on another branch; a branch quantize did not
+    publish, and one that does not exist, are one line each."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    folder = built["out"] / DEFAULT
+    report = json.loads((folder / "report.json").read_text())
+    text = (folder / "quantize.json").read_text()
+    manifest = json.loads(text)
+    for local in (str(built["work"]), str(built["base"]), str(Path.home()), "/tmp/"):
+        assert local not in text, local
+    assert manifest["files"] == sorted(report["files"], key=lambda f: f["path"])
+    assert manifest["variant"]["branch"] == DEFAULT and manifest["variant"]["params"] == report["variant"]["params"]
+    assert manifest["base_model"]["hash"] == report["inputs"]["base_model"]["hash"]
+    assert manifest["calibration"]["hash"] == report["inputs"]["calibration"]["hash"]
+    assert manifest["figures"]["eval"]["hash"] == report["checks"]["eval"]["hash"]
+    for key in ("ppl", "base_ppl", "mean_kld", "p99_kld", "top1_agreement"):
+        assert manifest["figures"][key] == report["checks"][key], key
+    assert manifest["engines"]["gptqmodel"] == report["versions"]["gptqmodel"]
+    assert manifest["inputs_hash"] == report["inputs_hash"]
+    card = (built["out"] / "cards" / REPO_GPTQ.replace("/", "__") / "README.md").read_text()
+    assert f"{manifest['figures']['mean_kld']:.4f}" in card  # the card's figure is the manifest's
+
+    v = tmp_path / "verified"
+    with serve(tmp_path / "hub", TOKEN) as hub:
+        assert publish(built, "--all", "--endpoint", hub.url).returncode == 0
+        heads = [(repo, branch) for branch, repo in BRANCHES.items()] + [(REPO_GPTQ, "main"), (REPO_GGUF, "main")]
+        for repo, branch in heads:
+            proc, record = verify(repo, branch, hub.url, v)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert record and record["passed"] and record["problems"] == [], record
+            shared = repo == REPO_GGUF and branch == "main"
+            assert [m["path"] for m in record["manifests"]] == (
+                ["quantize/gguf-i1-q4_k_m.json", "quantize/gguf-q8_0.json"] if shared else ["quantize.json"]
+            ), record
+        api = HfApi(endpoint=hub.url, token=TOKEN)
+
+        # --check: the figures measured again from the download agree with the published ones (the GGUF main: two
+        # variants); a manifest whose figure was inflated is caught (the files it names are still intact).
+        args = ("--endpoint", hub.url, "--out", str(v), "--check", "--config", str(built["config"]))
+        proc = run_cli("verify", REPO_GGUF, "--revision", "main", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        record = json.loads((v / f"{REPO_GGUF.replace('/', '__')}__main.verify.json").read_text())
+        assert [r["variant"] for r in record["rechecked"]] == ["gguf-i1-q4_k_m", "gguf-q8_0"], record
+        assert all(x["within"] for r in record["rechecked"] for x in r["figures"]), record
+        inflated = json.loads((built["out"] / "gguf-q8_0" / "quantize.json").read_text())
+        inflated["figures"]["mean_kld"] *= 1.5
+        api.upload_file(
+            path_or_fileobj=json.dumps(inflated).encode(),
+            path_in_repo="quantize.json",
+            repo_id=REPO_GGUF,
+            revision="gguf-q8_0",
+        )
+        proc = run_cli("verify", REPO_GGUF, "--revision", "gguf-q8_0", *args)
+        assert "error: tester/tiny-mistral-GGUF@gguf-q8_0: gguf-q8_0: mean_kld measured " in error_line(proc)
+        proc = run_cli("verify", REPO_GGUF, "--revision", "gguf-q8_0", "--endpoint", hub.url, "--out", str(v))
+        assert proc.returncode == 0, proc.stderr  # without --check, only the files are held to it
+
+        # One changed byte, one stray file: each named, exit 1, the first on the error line.
+        config = (built["out"] / "gptq-8bit-32g-actorder_True" / "config.json").read_bytes()
+        api.create_commit(
+            REPO_GPTQ,
+            [
+                CommitOperationAdd("config.json", config.replace(b"{", b"{ ", 1)),
+                CommitOperationAdd("notes.txt", b"not ours"),
+            ],
+            commit_message="someone else",
+            revision="gptq-8bit-32g-actorder_True",
+        )
+        proc, record = verify(REPO_GPTQ, "gptq-8bit-32g-actorder_True", hub.url, v)
+        assert error_line(proc).startswith(f"error: {REPO_GPTQ}@gptq-8bit-32g-actorder_True: config.json has ")
+        assert record and not record["passed"]
+        assert record["problems"] == [
+            f"config.json has {len(config) + 1} bytes, quantize.json says {len(config)}",
+            "notes.txt is on the branch but no manifest names it",
+        ], record
+
+        # A manifest copied onto another branch says whose it is.
+        q8 = (built["out"] / "gguf-q8_0" / "quantize.json").read_bytes()
+        api.upload_file(path_or_fileobj=q8, path_in_repo="quantize.json", repo_id=REPO_GGUF, revision="main")
+        proc, record = verify(REPO_GGUF, "main", hub.url, v)
+        assert "quantize.json describes gguf-q8_0, not main" in error_line(proc), proc.stderr
+
+        # Not published by quantize; no such branch: one line, and no record.
+        api.create_repo("tester/plain")
+        api.upload_file(path_or_fileobj=b"hello", path_in_repo="hello.txt", repo_id="tester/plain")
+        proc, record = verify("tester/plain", "main", hub.url, v)
+        assert "tester/plain@main: has no quantize.json" in error_line(proc) and record is None
+        proc, _ = verify(REPO_GPTQ, "nope", hub.url, v)
+        assert f"{REPO_GPTQ} has no branch 'nope'" in error_line(proc)
 
 
 def test_a_wrong_token_gets_the_login_hint_and_leaks_nothing(built, tmp_path):
@@ -249,6 +352,13 @@ def test_git_publish_to_a_mirror_served_by_olah(built, tmp_path):
     assert (mirror / "models" / REPO_GPTQ / "HEAD").is_file()
     again = publish(built, "--all", "--git", str(mirror))
     assert again.stdout.count("up to date, nothing uploaded") == 7, again.stdout + again.stderr
+    verified = str(tmp_path / "verified")
+    for repo, branch in ((REPO_GPTQ, "main"), (REPO_GGUF, "main"), (REPO_GGUF, "gguf-q8_0")):  # cloned by git
+        proc = run_cli("verify", repo, "--revision", branch, "--git", str(mirror), "--out", verified)
+        assert proc.returncode == 0 and proc.stdout.rstrip().endswith(".verify.json"), proc.stdout + proc.stderr
+        assert f"{repo}@{branch}: " in proc.stdout and ", verified; wrote " in proc.stdout, proc.stdout
+    proc = run_cli("verify", REPO_GGUF, "--revision", "nope", "--git", str(mirror), "--out", verified)
+    assert "git clone --branch nope file://" in error_line(proc), proc.stderr
 
     with running(mirror) as url:
         env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "hf-cache")}

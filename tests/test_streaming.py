@@ -45,7 +45,7 @@ def whole_model_imatrix(folder, ids) -> dict[str, np.ndarray]:
 
 
 def test_streamed_imatrix_equals_the_whole_model_one(tiny_model, windows):
-    streamed, whole = compute_imatrix(tiny_model, windows), whole_model_imatrix(tiny_model, windows)
+    streamed, whole = compute_imatrix(tiny_model, windows).means(), whole_model_imatrix(tiny_model, windows)
     assert sorted(streamed) == sorted(whole) and "output.weight" in streamed and len(streamed) == 2 * 7 + 1
     for name in whole:
         rel = np.abs(streamed[name] - whole[name]).max() / np.abs(whole[name]).max()
@@ -56,10 +56,10 @@ def test_chunked_imatrix_equals_the_one_pass_one(tiny_model, windows, monkeypatc
     """Calibration sets over `CHUNK_TOKENS` go through the layers in chunks: the same matrix, summed in parts."""
     import quantize.streaming as streaming
 
-    one_pass = compute_imatrix(tiny_model, windows)
+    one_pass = compute_imatrix(tiny_model, windows).means()
     monkeypatch.setattr(streaming, "CHUNK_TOKENS", 2 * 128 - 1)  # one row per chunk
     assert streaming.chunk_rows(4, 128) == 1
-    chunked = compute_imatrix(tiny_model, windows)
+    chunked = compute_imatrix(tiny_model, windows).means()
     assert sorted(chunked) == sorted(one_pass)
     for name in one_pass:
         assert np.allclose(chunked[name], one_pass[name], rtol=1e-6, atol=0), name

@@ -2,8 +2,9 @@
 
 A card people trust says what each file is, how it was made and how much it lost, in
 numbers measured on the published bytes. Everything here comes from report.json files
-and the config; `render` is a pure function of `CardInputs`, so the layout is held by
-golden-file tests.
+and the config, the quality figures through the manifest each branch carries
+(`quantize.json`, written here beside each variant's files); `render` is a pure function
+of `CardInputs`, so the layout is held by golden-file tests.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCardData
 
-from .. import __version__, formats
+from .. import __version__, formats, manifest
 from ..basemodel import resolve_config
 from ..config import Project
 from ..formats.sections import PLOT_NAME, CardInputs, Row, first_checks
-from ..outputs import built_report
+from ..outputs import built_report, variant_folder
 from ..paths import write_atomic, write_json
 from ..weblinks import HF_WEB, Links, base_links
 from .compare import collect, plot
@@ -181,7 +182,9 @@ def published_rows(project: Project, out_root: Path) -> dict[str, list[Row]]:
     for variant in project.variants:
         report = built_report(out_root, variant)
         if report is not None and report.status == "passed":
-            rows.setdefault(variant.repo, []).append(Row(variant, report))
+            rows.setdefault(variant.repo, []).append(
+                Row(variant, report, manifest.from_report(report, project.config.base_model.id))
+            )
     return rows
 
 
@@ -234,6 +237,8 @@ def write_cards(project: Project, out_root: Path, links: Links | None = None) ->
     table.rows = [r for r in table.rows if r["gate"] == "pass"]
     folders = {}
     for repo, rows in grouped.items():
+        for row in rows:  # the quantize.json publish sends beside the files: the figures the card shows
+            manifest.write(variant_folder(out_root, row.variant), row.manifest)
         folder = card_dir(out_root, repo)
         folder.mkdir(parents=True, exist_ok=True)
         plot(table, folder / PLOT_NAME)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .. import tables
 from ..config import Project, Variant
+from ..manifest import Manifest
 from ..outputs import model_bytes
 from ..records import CheckReport, Report
 from ..weblinks import Links
@@ -23,6 +24,7 @@ class Row:
 
     variant: Variant
     report: Report
+    manifest: Manifest  # what the branch's quantize.json says: the card's quality figures come from it
 
     @property
     def size(self) -> int:
@@ -65,13 +67,12 @@ QUALITY_HEAD = ["PPL", "Δ PPL", "KLD", "Chat KLD", "Smoke"]
 
 
 def quality(r: Row) -> list[str]:
-    ch = r.report.checks
-    if ch is None:
-        return ["-"] * len(QUALITY_HEAD)
+    """From the manifest published beside the files, so what the card says is what `verify --check` compares."""
+    ch = r.manifest.figures
     sm = ch.smoke
     return [
         num(ch.ppl, ".3f"),
-        num(ch.ppl_delta, "+.3f"),
+        num(ch.ppl - ch.base_ppl, "+.3f"),
         num(ch.mean_kld, ".4f"),
         num(ch.chat.mean_kld if ch.chat else None, ".4f"),
         f"{sm.passed}/{sm.prompts} (base {sm.base_passed})" if sm else "-",
@@ -84,10 +85,10 @@ def first_checks(c: CardInputs) -> CheckReport | None:
 
 
 def base_quality(c: CardInputs) -> list[str] | None:
-    """The unquantized model's cells under QUALITY_HEAD: its ppl and its own smoke count."""
-    checks = first_checks(c)
-    if checks is None:
+    """The unquantized model's cells under QUALITY_HEAD: its ppl and its own smoke count (from a manifest)."""
+    if not c.rows:
         return None
+    checks = c.rows[0].manifest.figures
     sm = checks.smoke
     return [f"{checks.base_ppl:.3f}", "-", "-", "-", f"{sm.base_passed}/{sm.prompts}" if sm else "-"]
 

@@ -38,7 +38,7 @@ IDENTITY = {
 HUB_LFS_LIMIT = 10 * 1024 * 1024  # huggingface.co rejects plain git blobs above this
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """URLs may carry credentials (https://user:token@host): never print them."""
     return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
@@ -51,7 +51,7 @@ class GitTransport:
             raise PublishError("git is not installed; fix: install git, or publish over HTTP without --git")
         self.root = str(root)
         self.local = not is_url(self.root)
-        self.where = _redact(self.root if not self.local else str(Path(self.root).resolve()))
+        self.where = redact(self.root if not self.local else str(Path(self.root).resolve()))
         self.links = Links.git(self.root)
         self.scratch = cache_dir() / "git-scratch"
 
@@ -73,9 +73,9 @@ class GitTransport:
             cmd, capture_output=True, text=True, input=stdin, env={**os.environ, **IDENTITY, **(env or {})}
         )
         if check and done.returncode != 0:
-            what = _redact(" ".join(a for a in args if not a.startswith("-")))[:120]
+            what = redact(" ".join(a for a in args if not a.startswith("-")))[:120]
             lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("hint:")]
-            raise PublishError(f"git {what}: {_redact(lines[-1] if lines else 'failed')}")
+            raise PublishError(f"git {what}: {redact(lines[-1] if lines else 'failed')}")
         return done.stdout
 
     def _lock(self, repo: str):

@@ -2,7 +2,8 @@
 
 The rules live here and the wire lives in a transport (`hub_api` over the HTTP API,
 `git_remote` over git): what goes where, what changed since the last push, and whether
-the remote now holds exactly the bytes report.json describes. A variant that did not
+the remote now holds exactly the bytes the variant's manifest (quantize.json, sent with
+them) describes. A variant that did not
 pass its checks is refused before anything is sent.
 """
 
@@ -23,6 +24,8 @@ from ..card import PLOT_NAME, card_dir, written_for
 from ..config import Project, Variant
 from ..errors import BranchMoved, DamagedOutput, NotBuilt, PublishError, PublishRefused, QuantizeError
 from ..hashing import file_sha256
+from ..manifest import MANIFEST_NAME, Manifest, from_report, manifest_path
+from ..manifest import write as write_manifest
 from ..outputs import built_report, variant_folder
 from ..paths import write_json
 from ..records import Report, now
@@ -130,9 +133,9 @@ def difference(local: LocalFile, remote: RemoteFile | None) -> str | None:
     if remote is None:
         return f"{local.path} is missing"
     if remote.size != local.size:
-        return f"{local.path} has {remote.size} bytes, report.json says {local.size}"
+        return f"{local.path} has {remote.size} bytes, its manifest says {local.size}"
     if remote.sha256 and remote.sha256 != local.sha256:
-        return f"{local.path} has sha256 {remote.sha256[:12]}..., report.json says {local.sha256[:12]}..."
+        return f"{local.path} has sha256 {remote.sha256[:12]}..., its manifest says {local.sha256[:12]}..."
     if not remote.sha256 and remote.oid != local.git_oid():
         return f"{local.path} has different content (git blob {remote.oid[:12]}...)"
     return None
@@ -208,10 +211,13 @@ def _last_commits(path: Path, transport: Transport) -> dict[tuple[str, str], str
     return {(t.repo, t.branch): t.commit for t in old.targets if t.commit}
 
 
-def _local_files(folder: Path, report: Report, card: Path) -> list[LocalFile]:
-    files = [LocalFile(f.path, folder / f.path, f.size, f.sha256) for f in report.files]
-    for name in ("README.md", PLOT_NAME):
-        path = card / name
+def _local_files(folder: Path, made: Manifest, card: Path, target: Target) -> list[LocalFile]:
+    """What `target` must hold of this variant: the files its manifest names, the manifest (at its path for
+    that branch), and the repo's card and plot."""
+    files = [LocalFile(f.path, folder / f.path, f.size, f.sha256) for f in made.files]
+    sources = {manifest_path(made.variant.branch, target.exclusive): folder / MANIFEST_NAME}
+    sources.update({name: card / name for name in ("README.md", PLOT_NAME)})
+    for name, path in sources.items():
         files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path, memo=False)))
     return files
 
@@ -274,11 +280,16 @@ class Publisher:
     def publish(self, variant: Variant, report: Report) -> PublishRecord:
         """Send one variant whose `report` `publishable` has accepted, with its repo's card."""
         folder = variant_folder(self.out_root, variant)
-        files = _local_files(folder, report, self.card(variant))
+        card = self.card(variant)
+        made = from_report(report, self.project.config.base_model.id)
+        write_manifest(folder, made)  # what every target is verified against, sent beside the files
         path = self.out_root / "published" / f"{variant.branch}.json"
         last = _last_commits(path, self.transport)
         message = f"{variant.name}: {report.inputs_hash[:12]}"
-        records = [self._push(t, files, message, last.get((t.repo, t.branch))) for t in targets(variant)]
+        records = [
+            self._push(t, _local_files(folder, made, card, t), message, last.get((t.repo, t.branch)))
+            for t in targets(variant)
+        ]
         record = PublishRecord(
             variant=variant.name,
             transport=self.transport.name,

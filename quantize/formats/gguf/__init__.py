@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import QuantizeError
+from ...outputs import is_model_file
 from ...streaming import chunk_rows
 from ..base import DEFAULT_RUN_SEQ_LEN, BuildJob, EngineResult, Format, Needs, PlanWork
 from ..clients import LLAMA_CPP, Support
@@ -179,7 +180,7 @@ class GGUF(Format):
         return build_gguf(job, model_meta(job.project))
 
     def load(self, folder: Path, variant, n_ctx: int, base_config: dict) -> GGUFScorer:
-        found = next(folder.glob("*.gguf"), None)
+        found = next((p for p in sorted(folder.glob("*.gguf")) if is_model_file(p.name)), None)
         if found is None:
             raise QuantizeError(
                 f"{folder}: no .gguf file to check",

@@ -14,16 +14,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from ...basemodel import ResolvedBase
 from ...calibration import CalibrationSet
 from ...hashing import sha256_json, short
 from ...measure import Stages
-from ...paths import cache_dir, compute_once
+from ...paths import cache_dir, compute_once, write_atomic
 from ...records import TensorMix
 from ..base import BuildJob, EngineResult
 from . import mix
 from .convert import OUTTYPES, ModelMeta, convert
-from .imatrix import compute_imatrix, load_imatrix, save_imatrix
+from .imatrix import Imatrix, compute_imatrix, load_imatrix, save_imatrix
 from .quantize import (
     KV_FILE_TYPE,
     KV_IMATRIX_CHUNKS,
@@ -37,7 +39,7 @@ from .quantize import (
     guessed_file_type,
     quantize_file,
 )
-from .spec import GGUFSpec, budget_bytes, file_name
+from .spec import GGUFSpec, budget_bytes, file_name, imatrix_name, tensor_types_name
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +63,35 @@ def imatrix_key(base: ResolvedBase, calib: CalibrationSet) -> str:
     return short(sha256_json({"base": base.hash, "calibration": calib.stats.hash}))
 
 
-def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> dict:
+def cached_imatrix(base: ResolvedBase, calib: CalibrationSet) -> tuple[Imatrix, Path]:
+    """The importance matrix of `calib` on `base`, computed once, and its file (llama.cpp's GGUF imatrix format,
+    the bytes published as the variant's `.imatrix.gguf`)."""
     key = imatrix_key(base, calib)
-    path = cache_dir() / "imatrix" / f"{key}.npz"
+    path = cache_dir() / "imatrix" / f"{key}.gguf"
 
     def make(tmp: Path) -> None:
         log.info("imatrix: computing from %d x %d calibration tokens", *calib.input_ids.shape)
-        save_imatrix(tmp, compute_imatrix(base.path, calib.input_ids))
+        save_imatrix(tmp, compute_imatrix(base.path, calib.input_ids), dataset_name(calib))
 
     if not compute_once(path, make):
         log.info("imatrix: cache hit %s", key)
-    return load_imatrix(path)
+    return load_imatrix(path), path
 
 
-def imatrix_metadata(key: str, matrix: dict, calib: CalibrationSet) -> dict[str, str | int]:
+def dataset_name(calib: CalibrationSet) -> str:
+    """What the matrix was measured on, as `imatrix.datasets` and `quantize.imatrix.dataset` name it."""
+    return f"{calib.stats.recipe}: {calib.stats.source}"
+
+
+def imatrix_metadata(published: str, matrix: Imatrix, calib: CalibrationSet) -> dict[str, str | int]:
     """The four keys llama-quantize writes into a file made with an importance matrix, meaning what they mean
-    there: the matrix's file (ours is content-addressed by base and calibration: `KEY.npz` in the imatrix
-    cache), the text it was measured on (recipe and source), its tensor count, and its chunks (windows)."""
-    stats = calib.stats
+    there: the matrix's file (as published beside the file), the text it was measured on (recipe and source),
+    its tensor count, and its chunks (calibration windows)."""
     return {
-        KV_IMATRIX_FILE: f"{key}.npz",
-        KV_IMATRIX_DATASET: fit_value(f"{stats.recipe}: {stats.source}"),
-        KV_IMATRIX_ENTRIES: len(matrix),
-        KV_IMATRIX_CHUNKS: stats.samples,
+        KV_IMATRIX_FILE: published,
+        KV_IMATRIX_DATASET: fit_value(dataset_name(calib)),
+        KV_IMATRIX_ENTRIES: len(matrix.sums),
+        KV_IMATRIX_CHUNKS: matrix.chunk_count,
     }
 
 
@@ -101,21 +109,23 @@ def build_gguf(job: BuildJob, meta: ModelMeta) -> EngineResult:
     if spec.quant_type == "F16":
         shutil.copyfile(f16, target)
         return EngineResult(device="cpu", dtype="F16")
-    matrix = None
-    if calib is not None:
-        with stages.stage("imatrix"):
-            matrix = cached_imatrix(base, calib)
+    if calib is None:
+        with stages.stage("quantize"):
+            quantize_file(f16, target, spec.label)
+        return EngineResult(device="cpu", dtype=spec.label)
+    with stages.stage("imatrix"):
+        matrix, matrix_file = cached_imatrix(base, calib)
+    published = imatrix_name(meta.name, calib.stats.recipe, job.project.config.calibration)
+    shutil.copyfile(matrix_file, job.out / published)  # published beside the file: llama-quantize --imatrix reads it
     if spec.is_mix:
-        assert calib is not None and matrix is not None  # GGUFSpec refuses a mix without an importance matrix
-        return build_mix(base, spec, f16, matrix, calib, target, stages)
+        return build_mix(base, spec, f16, matrix, calib, target, stages, published)
     with stages.stage("quantize"):
-        provenance = imatrix_metadata(imatrix_key(base, calib), matrix, calib) if calib and matrix else None
-        quantize_file(f16, target, spec.label, matrix, metadata=provenance)
+        quantize_file(f16, target, spec.label, matrix.means(), metadata=imatrix_metadata(published, matrix, calib))
     return EngineResult(device="cpu", dtype=spec.label)
 
 
 def cached_sensitivity(
-    f16: Path, matrix: dict, matrix_key: str, candidates: tuple[str, ...], calib: CalibrationSet
+    f16: Path, matrix: dict[str, np.ndarray], matrix_key: str, candidates: tuple[str, ...], calib: CalibrationSet
 ) -> tuple[list, dict[str, float], float | None]:
     """Every tensor's loss per candidate type in KLD units (measured errors, scaled by the class probes),
     computed once per F16 file, importance matrix and candidate list."""
@@ -157,27 +167,33 @@ def build_mix(
     base: ResolvedBase,
     spec: GGUFSpec,
     f16: Path,
-    matrix: dict,
+    matrix: Imatrix,
     calib: CalibrationSet,
     target: Path,
     stages: Stages,
+    published: str,
 ) -> EngineResult:
-    """Measure (cached), choose the per-tensor types that fill the budget, and have llama.cpp write them."""
+    """Measure (cached), choose the per-tensor types that fill the budget, and have llama.cpp write them; the
+    chosen types also go beside the file as llama-quantize's `--tensor-type-file` (`tensor_types_file`)."""
+    weights = matrix.means()
     with stages.stage("measure"):
-        sensitivity, scales, seconds = cached_sensitivity(f16, matrix, imatrix_key(base, calib), spec.candidates, calib)
+        sensitivity, scales, seconds = cached_sensitivity(
+            f16, weights, imatrix_key(base, calib), spec.candidates, calib
+        )
     budget = budget_bytes(spec, base.config)
     types = mix.choose(sensitivity, budget - mix.fixed_bytes(f16, sensitivity))
     counts = dict(Counter(types.values()).most_common())
     log.info("mix: %s for %.3f GB", ", ".join(f"{n} x {t}" for t, n in counts.items()), budget / 1e9)
     provenance = {
-        **imatrix_metadata(imatrix_key(base, calib), matrix, calib),
+        **imatrix_metadata(published, matrix, calib),
         KV_MIX_BUDGET: str(budget),  # a 7B budget passes uint32's 4.29e9
         KV_MIX_TYPES: fit_value(", ".join(f"{n} {t}" for t, n in counts.items())),
         KV_MIX_CANDIDATES: fit_value(",".join(spec.candidates)),
         KV_FILE_TYPE: guessed_file_type(counts),  # not the Q4_K_M llama.cpp was called with: no stock type fits
     }
     with stages.stage("quantize"):
-        mix.quantize_mix(f16, target, types, matrix, metadata=provenance)
+        mix.quantize_mix(f16, target, types, weights, metadata=provenance)
+    write_atomic(target.with_name(tensor_types_name(target.name)), mix.tensor_type_lines(types).encode())
     record = TensorMix(
         budget_bytes=budget,
         candidates=list(spec.candidates),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...outputs import IMATRIX_SUFFIX, TENSOR_TYPES_SUFFIX, is_model_file
 from ..sections import QUALITY_HEAD, CardInputs, Row, base_quality, chat_prompt, fetch_lines, gb, on_hub, quality, table
 from .spec import GGUF_RAM_OVERHEAD, GGUF_USE
 
@@ -12,7 +13,12 @@ def _example(c: CardInputs) -> Row:
 
 
 def _file(row: Row) -> str:
-    return next(f.path for f in row.report.files if f.path.endswith(".gguf"))
+    return next(f.path for f in row.report.files if is_model_file(f.path))
+
+
+def _beside(row: Row, suffix: str) -> str | None:
+    """The file published beside the row's GGUF that ends in `suffix` (its importance matrix, its layout)."""
+    return next((f.path for f in row.report.files if f.path.endswith(suffix)), None)
 
 
 def provided(c: CardInputs) -> str:
@@ -32,8 +38,14 @@ def provided(c: CardInputs) -> str:
             method = f"per-tensor mix to {gb(mix.budget_bytes)}" + (" + imatrix" if spec.imatrix else "")
             counts = ", ".join(f"{n} {t}" for t, n in sorted(mix.type_counts.items(), key=lambda kv: -kv[1]))
             use = f"types chosen per tensor by measured sensitivity to fit the budget: {counts}"
+        if layout := _beside(r, TENSOR_TYPES_SUFFIX):
+            use += (
+                f" (layout: [{layout}]({c.links.blob(c.repo, 'main', layout)}), for llama-quantize --tensor-type-file)"
+            )
         if spec.imatrix:
-            use += f"; importance matrix from {spec.imatrix}"
+            matrix = _beside(r, IMATRIX_SUFFIX)
+            named = f"[{matrix}]({c.links.blob(c.repo, 'main', matrix)})" if matrix else "not published"
+            use += f"; importance matrix from {spec.imatrix} ({named})"
         m = r.report.checks.memory if r.report.checks else None
         ram = gb(m.max_ram_required_bytes) if m and m.max_ram_required_bytes else "-"
         bits = f"{nominal if nominal is not None else '-'} ({r.report.bits_per_weight:.2f} bpw)"

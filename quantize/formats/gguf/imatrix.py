@@ -1,14 +1,23 @@
 """llama.cpp's importance matrix, computed from the HF model on the cached calibration tokens.
 
-For every matrix llama.cpp quantizes, the per-input-column mean of squared activations
-over the calibration tokens: what `llama-imatrix` measures, taken here with forward
-hooks on the HF model so no ggml graph has to be mirrored. Columns are inputs, so the
-Q/K row permutation of the converter does not touch them.
+For every matrix llama.cpp quantizes, the per-input-column sum of squared activations over
+the calibration tokens and the token count: what `llama-imatrix` measures, taken here with
+forward hooks on the HF model so no ggml graph has to be mirrored. Columns are inputs, so
+the Q/K row permutation of the converter does not touch them.
+
+Kept (in the cache, and published beside the i1 files) in llama.cpp's own GGUF imatrix
+format: `NAME.in_sum2` (float32, one row per matrix) and `NAME.counts` (float32), with
+`general.type = imatrix`, `imatrix.datasets`, `imatrix.chunk_count` and `imatrix.chunk_size`,
+as `llama-imatrix` writes it and `llama-quantize --imatrix` reads it. The values llama.cpp
+quantizes with are `in_sum2 / counts` in float32; `Imatrix.means` divides the same float32s
+the same way, so a file quantized here and one quantized by llama-quantize from the published
+matrix see identical weights.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -19,8 +28,27 @@ from ...streaming import LayerStream, chunk_rows
 log = logging.getLogger(__name__)
 
 
-def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """{GGUF tensor name: mean x^2 per input column}, for every Linear of the model.
+IN_SUM2, COUNTS = ".in_sum2", ".counts"  # llama.cpp's tensor-name suffixes
+KV_DATASETS, KV_CHUNK_COUNT, KV_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
+
+
+@dataclass(frozen=True)
+class Imatrix:
+    """Per GGUF tensor: the float32 sum of x^2 per input column, and the tokens summed (llama.cpp's layout)."""
+
+    sums: dict[str, np.ndarray]
+    counts: dict[str, int]
+    datasets: tuple[str, ...] = ()
+    chunk_count: int = 0
+    chunk_size: int = 0
+
+    def means(self) -> dict[str, np.ndarray]:
+        """What llama.cpp quantizes with: each sum over its count, divided in float32 as llama-quantize does."""
+        return {name: self.sums[name] / np.float32(self.counts[name]) for name in self.sums}
+
+
+def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> Imatrix:
+    """{GGUF tensor name: sum x^2 per input column, and its token count}, for every Linear of the model.
 
     The model runs layer by layer (`streaming.LayerStream`): float32 on a CPU without ever
     holding more than one layer, half precision on a GPU; sums are kept in float64. Large
@@ -49,14 +77,48 @@ def compute_imatrix(model_dir: Path, input_ids: np.ndarray) -> dict[str, np.ndar
         if not getattr(stream.config, "tie_word_embeddings", False):  # a tied output is the embedding: no imatrix
             add("lm_head", final.reshape(-1, final.shape[-1]))
         del final
-    return {name: (sums[name] / counts[name]).to(torch.float32).numpy() for name in sums}
+    return Imatrix(
+        sums={name: sums[name].to(torch.float32).numpy() for name in sorted(sums)},
+        counts={name: counts[name] for name in sorted(sums)},
+        chunk_count=rows,
+        chunk_size=seq_len,
+    )
 
 
-def save_imatrix(path: Path, matrix: dict[str, np.ndarray]) -> None:
-    # numpy's stub types **kwds against its keyword `allow_pickle: bool` too; the values are arrays
-    np.savez(path, **matrix)  # type: ignore[arg-type]
+def save_imatrix(path: Path, matrix: Imatrix, dataset: str) -> None:
+    """`matrix` as llama.cpp's GGUF imatrix file (see the module's docstring), `dataset` naming the text."""
+    writer = gguf.GGUFWriter(path, arch="imatrix")
+    writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix writes none: it is not a model
+    writer.add_type("imatrix")
+    writer.add_array(KV_DATASETS, [dataset])
+    writer.add_uint32(KV_CHUNK_COUNT, matrix.chunk_count)
+    writer.add_uint32(KV_CHUNK_SIZE, matrix.chunk_size)
+    for name in sorted(matrix.sums):
+        writer.add_tensor(name + IN_SUM2, np.ascontiguousarray(matrix.sums[name], dtype=np.float32).reshape(1, -1))
+        writer.add_tensor(name + COUNTS, np.array([[matrix.counts[name]]], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
-def load_imatrix(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+def load_imatrix(path: Path) -> Imatrix:
+    """A GGUF imatrix file read back with gguf-py (one matrix per tensor: the dense models this toolkit reads)."""
+    reader = gguf.GGUFReader(path)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        if t.name.endswith(IN_SUM2):
+            sums[t.name.removesuffix(IN_SUM2)] = np.array(t.data, dtype=np.float32).reshape(-1)
+        elif t.name.endswith(COUNTS):
+            counts[t.name.removesuffix(COUNTS)] = int(np.array(t.data).reshape(-1)[0])
+    field = reader.get_field(KV_DATASETS)
+    datasets = tuple(field.contents()) if field is not None else ()
+    chunk_count, chunk_size = (reader.get_field(k) for k in (KV_CHUNK_COUNT, KV_CHUNK_SIZE))
+    return Imatrix(
+        sums=sums,
+        counts=counts,
+        datasets=datasets,
+        chunk_count=int(chunk_count.contents()) if chunk_count is not None else 0,
+        chunk_size=int(chunk_size.contents()) if chunk_size is not None else 0,
+    )

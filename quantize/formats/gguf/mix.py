@@ -278,13 +278,25 @@ def predicted_error(sensitivity: list[TensorSensitivity], types: dict[str, str])
     return sum(next(o.error for o in s.options if o.qtype == types[s.name]) for s in sensitivity)
 
 
+def _pattern(name: str) -> str:
+    """The regex llama.cpp matches (std::regex_search) against tensor names: exactly this tensor."""
+    return f"^{re.escape(name)}$"
+
+
+def tensor_type_lines(types: dict[str, str]) -> str:
+    """The mix as llama-quantize's `--tensor-type-file` takes it: `PATTERN=TYPE` per line, one per tensor. With
+    the published importance matrix, `llama-quantize --imatrix M --tensor-type-file T F16.gguf OUT.gguf Q4_K_M`
+    writes the same tensors (the types llama.cpp leaves alone, norms in F32, are those of any Q4_K_M file)."""
+    return "".join(f"{_pattern(name)}={types[name]}\n" for name in sorted(types))
+
+
 def _overrides(types: dict[str, str]):
     """llama.cpp's per-tensor type overrides, one exact-name pattern per tensor, NULL-terminated. The patterns'
     bytes are kept on the array (ctypes only borrows them)."""
     import llama_cpp
 
     overrides = (llama_cpp.llama_model_tensor_override * (len(types) + 1))()
-    patterns = [f"^{re.escape(name)}$".encode() for name in sorted(types)]
+    patterns = [_pattern(name).encode() for name in sorted(types)]
     for i, (pattern, name) in enumerate(zip(patterns, sorted(types), strict=True)):
         overrides[i].pattern = pattern
         overrides[i].type = int(gguf.GGMLQuantizationType[types[name]])

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...config import FieldProblem, SafeName, Strict
 from ...naming import is_safe_name
+from ...outputs import IMATRIX_SUFFIX, TENSOR_TYPES_SUFFIX
 from ...sizes import param_count
 from .convert import ModelMeta
 from .mix import CANDIDATES
@@ -71,6 +72,19 @@ def file_name(model_name: str, quant_type: str, imatrix: bool = False) -> str:
     if not is_safe_name(model_name):
         raise ValueError(f"unsafe model name {model_name!r} for a GGUF file name")
     return f"{model_name}.{'i1-' if imatrix else ''}{quant_type.upper()}.gguf"
+
+
+def imatrix_name(model_name: str, recipe: str, project_recipe: str) -> str:
+    """The importance matrix published beside the i1 files: `NAME.imatrix.gguf` (llama-imatrix's own default
+    name is `imatrix.gguf`) for the project's calibration recipe, `NAME.RECIPE.imatrix.gguf` for another, so
+    two matrices never share a name on the repo's main."""
+    middle = "" if recipe == project_recipe else f".{recipe}"
+    return f"{model_name}{middle}{IMATRIX_SUFFIX}"
+
+
+def tensor_types_name(gguf_name: str) -> str:
+    """A size-budget file's per-tensor types, as llama-quantize's `--tensor-type-file` reads them."""
+    return gguf_name.removesuffix(".gguf") + TENSOR_TYPES_SUFFIX
 
 
 def imatrix_by_default(quant_type: str) -> bool:
