@@ -174,7 +174,7 @@ def build_mix(
     published: str,
 ) -> EngineResult:
     """Measure (cached), choose the per-tensor types that fill the budget, and have llama.cpp write them; the
-    chosen types also go beside the file as llama-quantize's `--tensor-type-file` (`tensor_types_file`)."""
+    chosen types also go beside the file as llama-quantize's `--tensor-type-file` (`tensor_types_name`)."""
     weights = matrix.means()
     with stages.stage("measure"):
         sensitivity, scales, seconds = cached_sensitivity(
