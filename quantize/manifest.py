@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from . import __version__
-from .outputs import model_bytes
+from .outputs import CARD_FILES, HUB_FILES, model_bytes
 from .paths import write_json
 from .records import (
     CalibrationStats,
@@ -42,15 +42,16 @@ MANIFEST_NAME = "quantize.json"
 SHARED_DIR = "quantize"  # on a branch several variants share: quantize/BRANCH.json
 MANIFEST_VERSION = 1
 # Files on a branch that no manifest names: the repo's card and plot, and what the hub itself adds.
-UNLISTED = ("README.md", "comparison.png", ".gitattributes")
+UNLISTED = (*CARD_FILES, *HUB_FILES)
 
 
 class Tolerance(BaseModel):
     """How far `verify --check` may land from `figures` when it re-runs the checks on the downloaded files.
 
     The files are the same bytes; what moves is the arithmetic: another CPU's kernels, thread count and
-    summation order (measured here: see README "Provenance and verify"). Relative for perplexity and mean
-    KLD, absolute for top-1 agreement (a share)."""
+    summation order. On one CPU, 1 and 2 threads gave bit-identical figures (`bench/recheck_noise.py`), so
+    this is a margin for other CPUs, not a measured noise. Relative for perplexity and mean KLD, absolute for
+    top-1 agreement (a share)."""
 
     ppl_rel: float = 0.005
     mean_kld_rel: float = 0.02
@@ -126,13 +127,8 @@ def from_report(report: Report, base_id: str | None) -> Manifest:
     if checks is None:
         raise ValueError(f"{report.variant.name}: not checked, no figures for a manifest")
     figures = Figures(
+        **{name: getattr(checks, name) for name in Quality.model_fields},
         eval=checks.eval,
-        base_ppl=checks.base_ppl,
-        ppl=checks.ppl,
-        ppl_ratio=checks.ppl_ratio,
-        mean_kld=checks.mean_kld,
-        p99_kld=checks.p99_kld,
-        top1_agreement=checks.top1_agreement,
         chat=checks.chat,
         smoke=checks.smoke,
         verdicts=checks.verdicts,

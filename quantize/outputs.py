@@ -15,6 +15,9 @@ from .hashing import file_sha256
 from .records import REPORT_NAME, SCHEMA_VERSION, OutputFile, Report
 
 MODEL_SUFFIXES = (".safetensors", ".gguf")
+PLOT_NAME = "comparison.png"  # the size-against-KLD plot every card shows
+CARD_FILES = ("README.md", PLOT_NAME)  # what `card` writes for a repo and `publish` sends to each of its branches
+HUB_FILES = (".gitattributes",)  # what the hub itself keeps on a branch: never ours to name or delete
 IMATRIX_SUFFIX = ".imatrix.gguf"  # a GGUF that holds an importance matrix, not weights
 TENSOR_TYPES_SUFFIX = ".tensor-types.txt"  # a size-budget GGUF's layout, for llama-quantize --tensor-type-file
 

@@ -22,8 +22,8 @@ from huggingface_hub import ModelCardData
 from .. import __version__, formats, manifest
 from ..basemodel import resolve_config
 from ..config import Project
-from ..formats.sections import PLOT_NAME, CardInputs, Row, first_checks
-from ..outputs import built_report, variant_folder
+from ..formats.sections import CardInputs, Row, first_checks
+from ..outputs import PLOT_NAME, built_report, variant_folder
 from ..paths import write_atomic, write_json
 from ..weblinks import HF_WEB, Links, base_links
 from .compare import collect, plot

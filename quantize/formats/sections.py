@@ -15,8 +15,6 @@ from ..outputs import model_bytes
 from ..records import CheckReport, Report
 from ..weblinks import Links
 
-PLOT_NAME = "comparison.png"
-
 
 @dataclass(frozen=True)
 class Row:

@@ -20,20 +20,20 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from .. import formats
-from ..card import PLOT_NAME, card_dir, written_for
+from ..card import card_dir, written_for
 from ..config import Project, Variant
 from ..errors import BranchMoved, DamagedOutput, NotBuilt, PublishError, PublishRefused, QuantizeError
 from ..hashing import file_sha256
 from ..manifest import MANIFEST_NAME, Manifest, from_report, manifest_path
 from ..manifest import write as write_manifest
-from ..outputs import built_report, variant_folder
+from ..outputs import CARD_FILES, HUB_FILES, built_report, variant_folder
 from ..paths import write_json
 from ..records import Report, now
 from ..weblinks import Links
 
 log = logging.getLogger(__name__)
 
-KEEP = (".gitattributes",)  # hub-managed files a publish never deletes
+KEEP = HUB_FILES  # hub-managed files a publish never deletes
 MOVED_ATTEMPTS = 5  # commits to a shared branch that another writer keeps moving, before giving up
 
 
@@ -216,7 +216,7 @@ def _local_files(folder: Path, made: Manifest, card: Path, target: Target) -> li
     that branch), and the repo's card and plot."""
     files = [LocalFile(f.path, folder / f.path, f.size, f.sha256) for f in made.files]
     sources = {manifest_path(made.variant.branch, target.exclusive): folder / MANIFEST_NAME}
-    sources.update({name: card / name for name in ("README.md", PLOT_NAME)})
+    sources.update({name: card / name for name in CARD_FILES})
     for name, path in sources.items():
         files.append(LocalFile(name, path, path.stat().st_size, file_sha256(path, memo=False)))
     return files

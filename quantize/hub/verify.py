@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from ..errors import VerifyError
 from ..hashing import file_sha256
-from ..manifest import MANIFEST_NAME, SHARED_DIR, UNLISTED, Manifest, Recheck, parse
+from ..manifest import MANIFEST_NAME, SHARED_DIR, UNLISTED, Manifest, Recheck, manifest_path, parse
 from ..paths import write_json
 from ..records import now
 from ..weblinks import Links
@@ -104,9 +104,8 @@ def misplaced(path: str, m: Manifest, revision: str) -> str | None:
         if m.variant.branch == revision or (revision == "main" and m.variant.default):
             return None
         return f"{path} describes {m.variant.branch}, not {revision}"
-    if path != f"{SHARED_DIR}/{m.variant.branch}.json":
-        return f"{path} describes {m.variant.branch}; it belongs at {SHARED_DIR}/{m.variant.branch}.json"
-    return None
+    shared = manifest_path(m.variant.branch, exclusive=False)  # where publish puts it on a shared branch
+    return None if path == shared else f"{path} describes {m.variant.branch}; it belongs at {shared}"
 
 
 def check_folder(folder: Path, repo: str, revision: str) -> tuple[list[ManifestResult], list[Manifest], list[str], int]:
