@@ -18,6 +18,7 @@ from .calibration import CalibrationSet
 from .checks.checker import Checker, run_check
 from .config import Variant
 from .context import RunContext
+from .devices import this_machine
 from .errors import DamagedOutput, EngineError
 from .formats import BuildJob, EngineResult
 from .hashing import sha256_json, short
@@ -143,6 +144,7 @@ class Builder:
         require_free_space(self.out_root, self._needed_bytes(variant), f"variant {variant.name}")
         log.info("%s: building into %s (inputs %s)", variant.name, folder, short(inputs_hash))
         with staged_folder(folder) as tmp:
+            machine = this_machine()  # before the engine, which may change torch's thread count
             with engine_output_to_stderr():
                 result = self._run_engine(variant, calib, tmp, stages)
             files = list_files(tmp)
@@ -160,6 +162,7 @@ class Builder:
                 versions={**package_versions(formats.recorded_packages(variant)), "quantize": __version__},
                 python=python_version(),
                 device=result.device,
+                machine=machine,
                 dtype=result.dtype,
                 compute_dtype=result.compute_dtype,
                 created_at=now(),

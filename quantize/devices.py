@@ -9,6 +9,14 @@ importing the planner costs no torch.
 from __future__ import annotations
 
 import functools
+import os
+import platform
+from pathlib import Path
+
+from .records import Machine
+
+# The /proc/cpuinfo flags that pick kernels: torch's and llama.cpp's CPU paths, and vLLM's CPU libraries.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "neon", "asimd")
 
 
 @functools.cache
@@ -32,3 +40,20 @@ def cpu_has_bf16() -> bool:
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def this_machine() -> Machine:
+    """The machine a build runs on, as its report and manifest record it (nothing that names a host or user)."""
+    import torch
+
+    cpu, flags = platform.machine(), set[str]()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == platform.machine():
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return Machine(cpu=cpu, isa=[f for f in KERNEL_FLAGS if f in flags], cores=cores, threads=torch.get_num_threads())

@@ -29,6 +29,7 @@ from .records import (
     CalibrationStats,
     ChatScores,
     EvalStats,
+    Machine,
     OutputFile,
     Quality,
     Report,
@@ -91,6 +92,7 @@ class Manifest(BaseModel):
     engines: dict[str, str]  # every package version the build recorded
     python: str
     device: str
+    machine: Machine | None = None  # CPU, its kernel flags, cores and threads: what a byte-for-byte rebuild matches
     dtype: str
     compute_dtype: str | None
     built_at: str
@@ -147,6 +149,7 @@ def from_report(report: Report, base_id: str | None) -> Manifest:
         engines=dict(sorted(report.versions.items())),
         python=report.python,
         device=report.device,
+        machine=report.machine,
         dtype=report.dtype,
         compute_dtype=report.compute_dtype,
         built_at=report.created_at,

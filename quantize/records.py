@@ -38,6 +38,17 @@ class OutputFile(BaseModel):
     sha256: str
 
 
+class Machine(BaseModel):
+    """Where the files were computed. The same inputs give the same bytes on the same CPU at the same thread
+    count (tests/test_reproducible.py); gptqmodel's GPTQ solution changes with torch's thread count (its
+    float32 sums run in another order), so a rebuild that must match byte for byte needs these too."""
+
+    cpu: str  # the model name the kernel reports, or the platform's machine name
+    isa: list[str]  # the vector extensions torch and llama.cpp choose kernels by (avx2, avx512f, amx_tile, ...)
+    cores: int  # CPUs this process may run on
+    threads: int  # torch's intra-op threads during the build
+
+
 class CalibrationStats(BaseModel):
     """What went into the token tensor; recorded in every report.json."""
 
@@ -194,6 +205,7 @@ class Report(BaseModel):
     versions: dict[str, str]
     python: str
     device: str
+    machine: Machine | None = None  # None in reports written before it was recorded
     dtype: str  # of the saved tensors
     compute_dtype: str | None = None  # what the engine computed in, where it chose (gptqmodel on a CPU)
     created_at: str

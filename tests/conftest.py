@@ -124,9 +124,11 @@ def write_config(folder: Path, base: Path, variants: list[dict], gates: dict | N
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run `python -m quantize` as a user would, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m quantize` as a user would, in a fresh process (`env`: variables set on top of ours)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "quantize", *args], capture_output=True, text=True, cwd=cwd, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"quantize {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import run_cli, write_config
 
-from quantize import assets
+from quantize import assets, formats
 from quantize.config import PypiFile
-from quantize.errors import AssetError
+from quantize.errors import AssetError, DamagedOutput
 from quantize.formats import gguf as gguf_format
 from quantize.formats import sections
 from quantize.weblinks import Links
@@ -549,6 +549,20 @@ def test_a_gguf_folder_without_its_file_is_one_line(tmp_path, tiny_model):
         )
     )
     assert proc.stderr.strip().endswith("(fix: rebuild it: python -m quantize build --force --variant gguf-q8_0)")
+
+
+def test_a_gguf_folder_with_two_model_files_is_not_scored(tmp_path):
+    """A folder holding two model files (the GGUF main's layout, or a stray copy) is refused by name, never scored
+    by whichever sorts first: the importance matrix beside them is not a model file and does not count."""
+    for name in ("tiny.i1-Q4_K_M.gguf", "tiny.Q8_0.gguf", "tiny.imatrix.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    variant = SimpleNamespace(name="gguf-q8_0")
+    with pytest.raises(DamagedOutput) as caught:
+        formats.get("gguf").load(tmp_path, variant, 128, {})
+    assert str(caught.value) == (
+        f"{tmp_path}: 2 model files (tiny.Q8_0.gguf, tiny.i1-Q4_K_M.gguf), a GGUF variant holds one "
+        "(fix: rebuild it: python -m quantize build --force --variant gguf-q8_0)"
+    )
 
 
 def test_engine_logs_stay_off_stdout(tmp_path, tiny_model):

@@ -108,10 +108,22 @@ class GitTransport:
     def prepare(self, repo: str, branch: str) -> None:
         if self.local:
             bare = Path(self.url(repo))
-            if not (bare / "HEAD").exists():
-                bare.mkdir(parents=True, exist_ok=True)
-                self._git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
-                log.info("created %s", bare)
+            if (bare / "HEAD").exists():
+                return
+            # Made aside and renamed into place: shards publishing at once each find the repository absent, and
+            # two `git init`s in one folder fail ("could not set 'core.repositoryformatversion'", 1 run in 20).
+            bare.parent.mkdir(parents=True, exist_ok=True)
+            aside = bare.parent / f".{bare.name}.init-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            self._git("init", "--quiet", "--bare", "--initial-branch=main", str(aside))
+            try:
+                os.rename(aside, bare)  # replaces an empty folder; fails when another process's repository is there
+            except OSError:
+                shutil.rmtree(aside, ignore_errors=True)
+                if not (bare / "HEAD").exists():
+                    raise
+                return
+            log.info("created %s", bare)
 
     def listing(self, repo: str, branch: str) -> Listing:
         with self._lock(repo):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import QuantizeError
+from ...errors import DamagedOutput
 from ...outputs import is_model_file
 from ...streaming import chunk_rows
 from ..base import DEFAULT_RUN_SEQ_LEN, BuildJob, EngineResult, Format, Needs, PlanWork
@@ -180,13 +180,11 @@ class GGUF(Format):
         return build_gguf(job, model_meta(job.project))
 
     def load(self, folder: Path, variant, n_ctx: int, base_config: dict) -> GGUFScorer:
-        found = next((p for p in sorted(folder.glob("*.gguf")) if is_model_file(p.name)), None)
-        if found is None:
-            raise QuantizeError(
-                f"{folder}: no .gguf file to check",
-                fix=f"rebuild it: python -m quantize build --variant {variant.name} --force",
-            )
-        return GGUFScorer(found, n_ctx)
+        found = [p for p in sorted(folder.glob("*.gguf")) if is_model_file(p.name)]
+        if len(found) != 1:  # a variant holds one model file; scoring "the first" once scored another's
+            problem = f"{len(found)} model files ({', '.join(p.name for p in found)})" if found else "no .gguf file"
+            raise DamagedOutput(folder, f"{problem}, a GGUF variant holds one", variant.name)
+        return GGUFScorer(found[0], n_ctx)
 
     def targets(self, variant) -> list[tuple[str, bool]]:
         """Its own branch, and every GGUF file also on main (beside the others)."""
